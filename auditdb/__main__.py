@@ -1,0 +1,5 @@
+"""`python -m auditdb` runs the command line."""
+
+from auditdb.cli import main
+
+main()

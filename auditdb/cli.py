@@ -1,0 +1,208 @@
+"""The `auditdb` command line: parses options and calls the library; errors are one line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from auditdb import db, partitions
+from auditdb.errors import AuditDBError
+from auditdb.install import install as run_install
+from auditdb.install import install_sql, uninstall
+
+__all__ = ["cli", "main"]
+
+
+class _Group(click.Group):
+    """Turns every failure into one line on stderr; --debug keeps the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except AuditDBError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(str(e)) from e
+        except psycopg.Error as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(str(db.describe_error(e))) from e
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--dsn",
+    metavar="DSN",
+    help="Database to work on (libpq string or URL). Default: $AUDITDB_DSN, then $DATABASE_URL, "
+    "then libpq's PG* variables.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=Path("auditdb.toml"),
+    show_default=True,
+    help="Tracking config file.",
+)
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.pass_context
+def cli(ctx: click.Context, dsn: str | None, config_path: Path, debug: bool) -> None:
+    """auditdb: a compliance-grade audit log that lives in PostgreSQL.
+
+    Triggers record every change of the tracked tables, with who, what, when and from where,
+    into the append-only, monthly-partitioned table auditdb.log.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(dsn=dsn, config_path=config_path, debug=debug)
+
+
+@contextmanager
+def _connection(ctx: click.Context, *, installed: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    # Autocommit, so each `with conn.transaction()` of the library is a real transaction.
+    conn = db.connect(ctx.obj["dsn"], autocommit=True)
+    try:
+        if installed:
+            db.require_installed(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+@cli.command()
+@click.option("--sql", "show_sql", is_flag=True, help="Print the SQL of a fresh install instead of running it.")
+@click.pass_context
+def install(ctx: click.Context, show_sql: bool) -> None:
+    """Create or upgrade schema auditdb (alembic migrations; needs a superuser).
+
+    Creates the roles auditdb_owner, auditdb_admin, auditdb_viewer and auditdb_writer when
+    missing, the partitioned append-only log with its partitions, and the context functions.
+    Running it again on a current schema changes nothing.
+    """
+    if show_sql:
+        click.echo(install_sql())
+        return
+    before, after = run_install(ctx.obj["dsn"])
+    if before == after:
+        click.echo(f"auditdb is up to date (schema version {after})")
+    elif before is None:
+        click.echo(f"installed auditdb (schema version {after})")
+    else:
+        click.echo(f"upgraded auditdb from schema version {before} to {after}")
+
+
+@cli.command(name="uninstall")
+@click.option("--yes", is_flag=True, help="Really drop schema auditdb and every audit entry in it.")
+@click.pass_context
+def uninstall_cmd(ctx: click.Context, yes: bool) -> None:
+    """Drop schema auditdb, its triggers and event triggers, and the whole log.
+
+    Roles stay: they are cluster-wide and may serve other databases. Refuses without --yes.
+    """
+    if not yes:
+        raise click.UsageError("uninstall drops every audit entry; run it again with --yes to confirm")
+    with _connection(ctx, installed=False) as conn:
+        removed = uninstall(conn)
+    click.echo("removed schema auditdb (roles kept)" if removed else "auditdb was not installed; nothing to do")
+
+
+@cli.group(name="partitions", cls=_Group)
+def partitions_group() -> None:
+    """Monthly partitions of auditdb.log (one per UTC month)."""
+
+
+@partitions_group.command(name="list")
+@click.pass_context
+def partitions_list(ctx: click.Context) -> None:
+    """List the monthly partitions with estimated rows and size."""
+    with _connection(ctx) as conn:
+        parts = partitions.list_partitions(conn)
+    click.echo(f"{'partition':<16} {'month (UTC)':<11} {'rows (est.)':>12} {'size':>10}")
+    for p in parts:
+        click.echo(f"{p.name:<16} {p.month_start:%Y-%m}     {p.estimated_rows:>12} {_size(p.total_bytes):>10}")
+
+
+@partitions_group.command(name="ensure")
+@click.option(
+    "--months-ahead",
+    type=click.IntRange(0, 120),
+    default=3,
+    show_default=True,
+    help="How many months after the current one must have a partition.",
+)
+@click.pass_context
+def partitions_ensure(ctx: click.Context, months_ahead: int) -> None:
+    """Create the partitions of this month and the next months where missing."""
+    with _connection(ctx) as conn:
+        created = partitions.ensure(conn, months_ahead)
+    if created:
+        for name in created:
+            click.echo(f"created auditdb.{name}")
+    else:
+        click.echo(f"partitions exist for this month and {months_ahead} ahead; nothing to do")
+
+
+@partitions_group.command(name="prune")
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="N",
+    help="Retention in months: keep the current month and the N before it, drop older ones.",
+)
+@click.option(
+    "--export-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Archive each month to DIR/log_YYYY_MM.jsonl.gz (verified) before dropping it.",
+)
+@click.option("--force", is_flag=True, help="Drop months that were never archived too.")
+@click.pass_context
+def partitions_prune(ctx: click.Context, older_than: int, export_dir: Path | None, force: bool) -> None:
+    """Drop whole past months beyond retention; never the current or a future month.
+
+    A month holding entries is dropped only once archived (--export-dir now, or earlier),
+    unless --force. Every drop is itself logged as AUDIT_CHANGED.
+    """
+
+    def progress(name: str, rows: int) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"  archiving {name}: {rows} rows…", err=True)
+
+    with _connection(ctx) as conn:
+        dropped = partitions.prune(conn, older_than, export_dir=export_dir, force=force, progress=progress)
+    if not dropped:
+        click.echo(f"no month older than {older_than} month(s) to drop")
+    for p in dropped:
+        where = f", archived to {p.archived_to}" if p.archived_to else ""
+        click.echo(f"dropped auditdb.{p.name} ({p.rows} rows{where})")
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Leave the server running until Enter is pressed (for a look with psql).")
+def demo(keep: bool) -> None:
+    """Show auditdb at work on an embedded PostgreSQL; needs no setup and cleans up after itself."""
+    from auditdb.demo import run_demo
+
+    run_demo(click.echo, keep=keep)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    cli(prog_name="auditdb")

@@ -1,0 +1,89 @@
+"""Connecting: DSN resolution (--dsn, AUDITDB_DSN, DATABASE_URL, PG*) and error mapping."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import psycopg
+
+from auditdb.errors import AuditDBError, ConnectionFailed, NotInstalledError, PermissionDenied
+
+__all__ = ["connect", "describe_error", "require_installed", "resolve_dsn"]
+
+# SQLAlchemy-style URLs ("postgresql+psycopg://") are common in DATABASE_URL; libpq wants the
+# plain scheme.
+_DRIVER_SCHEME = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """The connection string to use: the argument, else AUDITDB_DSN, else DATABASE_URL.
+
+    An empty result lets libpq read its own PG* variables (PGHOST, PGDATABASE, …).
+    """
+    for candidate in (dsn, os.environ.get("AUDITDB_DSN"), os.environ.get("DATABASE_URL")):
+        if candidate:
+            return _DRIVER_SCHEME.sub(lambda m: m.group(1) + "://", candidate)
+    return ""
+
+
+def connect(dsn: str | None = None, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection, turning a failure into one ConnectionFailed line."""
+    conninfo = resolve_dsn(dsn)
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit, application_name="auditdb")
+    except psycopg.OperationalError as e:
+        where = _describe_target(conninfo)
+        raise ConnectionFailed(f"cannot connect to {where}: {_first_line(str(e))}") from e
+
+
+def _describe_target(conninfo: str) -> str:
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "the database"
+    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default database)"
+    return f"database {dbname} on {host}:{port}"
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # libpq prefixes its messages with "connection to server at … failed:"; keep the reason.
+    for line in lines:
+        if "failed:" in line:
+            return line.rsplit("failed:", 1)[1].strip() or line
+    return lines[0] if lines else "unknown error"
+
+
+def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    """Return the installed schema version, or raise NotInstalledError."""
+    from auditdb.install import HEAD_REVISION
+
+    row = conn.execute("select to_regclass('auditdb.alembic_version') is not null, current_database()").fetchone()
+    assert row is not None
+    present, dbname = row
+    if not present:
+        raise NotInstalledError(f"auditdb is not installed in database {dbname}: run `auditdb install`")
+    version_row = conn.execute("select version_num from auditdb.alembic_version").fetchone()
+    version = str(version_row[0]) if version_row else ""
+    if version != HEAD_REVISION:
+        raise NotInstalledError(
+            f"auditdb schema in database {dbname} is at version {version or 'none'}, "
+            f"this auditdb needs {HEAD_REVISION}: run `auditdb install`"
+        )
+    return version
+
+
+def describe_error(e: psycopg.Error) -> AuditDBError:
+    """Turn a database error into one actionable line."""
+    diag = e.diag
+    message = diag.message_primary or _first_line(str(e))
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        hint = f" ({diag.message_hint})" if diag.message_hint else ""
+        return PermissionDenied(f"permission denied: {message}{hint}")
+    text = message
+    if diag.message_hint:
+        text += f" — {diag.message_hint}"
+    return AuditDBError(text)

@@ -1,0 +1,153 @@
+"""Installing, upgrading and removing the auditdb schema through alembic migrations."""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.pool import NullPool
+
+from auditdb.db import describe_error, resolve_dsn
+from auditdb.errors import AuditDBError
+
+__all__ = [
+    "HEAD_REVISION",
+    "install",
+    "install_sql",
+    "installed_version",
+    "run_revision_sql",
+    "uninstall",
+]
+
+VERSION_TABLE = "alembic_version"
+VERSION_TABLE_SCHEMA = "auditdb"
+# The newest revision in migrations/versions; test_install checks it against alembic's head.
+HEAD_REVISION = "0001"
+SCHEMA_SQL = "create schema if not exists auditdb"
+INSTALL_LOCK_SQL = "select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.install'))"
+
+
+def _migrations_dir() -> Path:
+    return Path(str(resources.files("auditdb.migrations")))
+
+
+def revision_sql(revision: str, concerns: list[str]) -> str:
+    """The frozen SQL of one revision: sql/<revision>_<concern>.sql, in the given order."""
+    root = resources.files("auditdb.sql")
+    parts = []
+    for concern in concerns:
+        name = f"{revision}_{concern}.sql"
+        parts.append(f"-- {name}\n" + (root / name).read_text(encoding="utf-8"))
+    return "\n".join(parts)
+
+
+def run_revision_sql(revision: str, concerns: list[str]) -> None:
+    """Run a revision's SQL from inside an alembic migration (online or --sql)."""
+    from alembic import context, op
+
+    text = revision_sql(revision, concerns)
+    if context.is_offline_mode():
+        op.execute(text)
+        return
+    # Straight to psycopg, without parameters: the SQL holds '%' and ':' that SQLAlchemy's
+    # text() and psycopg's placeholders would otherwise read as binds.
+    driver = op.get_bind().connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    with driver.cursor() as cur:
+        cur.execute(text.encode("utf-8"))
+
+
+def _config(output: io.StringIO | None = None) -> Config:
+    cfg = Config(output_buffer=output) if output is not None else Config()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    return cfg
+
+
+def alembic_head() -> str | None:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The schema version in the connected database, or None when auditdb is not installed."""
+    row = conn.execute("select to_regclass('auditdb.alembic_version') is not null").fetchone()
+    if not row or not row[0]:
+        return None
+    version = conn.execute("select version_num from auditdb.alembic_version").fetchone()
+    return str(version[0]) if version else None
+
+
+def install(dsn: str | None = None) -> tuple[str | None, str]:
+    """Create or upgrade schema auditdb; returns the versions before and after.
+
+    Idempotent: at the head revision it changes nothing.
+    """
+    conninfo = resolve_dsn(dsn)
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(conninfo, application_name="auditdb install"),
+        poolclass=NullPool,
+    )
+    try:
+        with engine.connect() as sa_conn:
+            driver = sa_conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            before = installed_version(driver)
+            sa_conn.rollback()
+            cfg = _config()
+            cfg.attributes["connection"] = sa_conn
+            command.upgrade(cfg, "head")
+            sa_conn.commit()
+            after = installed_version(driver)
+    except sqlalchemy.exc.DBAPIError as e:
+        if isinstance(e.orig, psycopg.Error):
+            raise _install_error(e.orig) from e
+        raise
+    except psycopg.Error as e:
+        raise _install_error(e) from e
+    finally:
+        engine.dispose()
+    return before, after or ""
+
+
+def _install_error(e: psycopg.Error) -> AuditDBError:
+    error = describe_error(e)
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return type(error)(f"{error} — `auditdb install` needs a superuser (it creates roles and triggers)")
+    if isinstance(e, psycopg.OperationalError):
+        return AuditDBError(f"cannot connect: {error}")
+    return error
+
+
+def install_sql() -> str:
+    """The SQL `install` would run on an empty database (alembic's offline mode)."""
+    out = io.StringIO()
+    command.upgrade(_config(out), "head", sql=True)
+    return out.getvalue()
+
+
+def uninstall(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Drop schema auditdb with its triggers, event triggers and functions; roles stay.
+
+    Returns False when there was nothing to remove.
+    """
+    with conn.transaction():
+        conn.execute(INSTALL_LOCK_SQL)
+        row = conn.execute("select to_regnamespace('auditdb') is not null").fetchone()
+        if not row or not row[0]:
+            return False
+        # Event triggers and audit triggers depend on functions of the schema, so the cascade
+        # removes them; naming the event triggers first makes a missing privilege say so.
+        for (name,) in conn.execute(
+            """select e.evtname from pg_catalog.pg_event_trigger e
+                 join pg_catalog.pg_proc p on p.oid = e.evtfoid
+                where p.pronamespace = 'auditdb'::regnamespace"""
+        ).fetchall():
+            conn.execute(psycopg.sql.SQL("drop event trigger {}").format(psycopg.sql.Identifier(str(name))))
+        conn.execute("drop schema auditdb cascade")
+    return True

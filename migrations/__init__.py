@@ -1,0 +1,1 @@
+"""Alembic migrations of the auditdb schema (version table auditdb.alembic_version)."""

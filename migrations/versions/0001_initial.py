@@ -1,0 +1,23 @@
+"""The auditdb schema: roles, the partitioned append-only log, partitions, session context.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-25
+"""
+
+from __future__ import annotations
+
+from auditdb.install import run_revision_sql
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    run_revision_sql("0001", ["roles", "log", "guard", "partitions", "context", "grants"])
+
+
+def downgrade() -> None:
+    raise NotImplementedError("auditdb upgrades only; `auditdb uninstall --yes` removes it")

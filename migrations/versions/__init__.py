@@ -1,0 +1,1 @@
+"""Alembic revisions; each one runs its own frozen SQL files from auditdb.sql."""

@@ -1,0 +1,18 @@
+-- Privileges. Nothing of schema auditdb is executable by PUBLIC; functions generated later
+-- (owned by auditdb_owner) start the same way through default privileges. Nobody but
+-- auditdb_owner may write the log; auditdb_admin reads it (viewers get row-level security).
+revoke all on all functions in schema auditdb from public;
+alter default privileges for role auditdb_owner in schema auditdb revoke execute on functions from public;
+
+revoke all on all tables in schema auditdb from public;
+grant select on auditdb.log, auditdb.partition_archive to auditdb_admin;
+
+grant execute on function auditdb.set_context(text, text, text, text, text, text, text, text),
+                          auditdb.current_context()
+    to auditdb_writer;
+grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(),
+                          auditdb.record_archive(text, bigint, text),
+                          auditdb.prune_partitions(integer, boolean),
+                          auditdb.set_context(text, text, text, text, text, text, text, text),
+                          auditdb.current_context()
+    to auditdb_admin;

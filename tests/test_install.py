@@ -1,0 +1,176 @@
+"""auditdb install / uninstall: schema, roles, log, partitions, idempotence, frozen revisions."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+import pglast
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from auditdb.cli import cli
+from auditdb.install import HEAD_REVISION, alembic_head, install
+from tests.fix_db import scalar
+
+LOG_COLUMNS = {
+    "id": "bigint",
+    "occurred_at": "timestamp with time zone",
+    "action": "text",
+    "entity_type": "text",
+    "entity_id": "text",
+    "entity_name": "text",
+    "project_id": "text",
+    "tenant_id": "text",
+    "actor_id": "text",
+    "actor_email": "text",
+    "actor_name": "text",
+    "ip": "inet",
+    "user_agent": "text",
+    "db_user": "text",
+    "table_name": "text",
+    "changes": "jsonb",
+    "metadata": "jsonb",
+    "txid": "bigint",
+}
+
+# Released revision files never change: an old revision must install the same schema forever.
+FROZEN_SQL = {
+    "0001_context.sql": "1365a078d76b62cf42627593a0749983af1065c3309d7d89682c56f85b609785",
+    "0001_grants.sql": "bcc12dac8650ddd0441e8b817386fa940169db32b72e49b453d103574c97dff0",
+    "0001_guard.sql": "62888111761f6d17dfb291564b625f0d3133aa725d92ea59394528a7c12ca6bd",
+    "0001_log.sql": "ae429d764a7cb2a2b31b65c9627d68398cee961da69e5168cee4e954ea24ab8a",
+    "0001_partitions.sql": "e2868210e641525ec0d539c9e2ef67751d314ebb1fe80d7b71ae5b81cd5a26c9",
+    "0001_roles.sql": "b94409619b79a9d23d87e39c7fcca0ff4e130de00163682bc4d05883fc6b3d0d",
+}
+
+
+def test_head_revision_matches_alembic() -> None:
+    assert alembic_head() == HEAD_REVISION
+
+
+def test_released_revision_files_are_frozen() -> None:
+    root = resources.files("auditdb.sql")
+    digests = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in FROZEN_SQL}
+    assert digests == FROZEN_SQL
+
+
+def test_install_on_empty_database(empty_db: str) -> None:
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    assert f"installed auditdb (schema version {HEAD_REVISION})" in result.output
+    with psycopg.connect(empty_db) as conn:
+        columns = dict(
+            conn.execute(
+                """select column_name, data_type from information_schema.columns
+                where table_schema = 'auditdb' and table_name = 'log'"""
+            ).fetchall()
+        )
+        assert columns == LOG_COLUMNS
+        assert scalar(conn, "select relkind from pg_class where oid = 'auditdb.log'::regclass") == "p"
+        assert scalar(conn, "select version_num from auditdb.alembic_version") == HEAD_REVISION
+        roles = {
+            r
+            for (r,) in conn.execute(
+                "select rolname from pg_roles where rolname like 'auditdb\\_%' and not rolcanlogin"
+            )
+        }
+        assert {"auditdb_owner", "auditdb_admin", "auditdb_viewer", "auditdb_writer"} <= roles
+        owner = scalar(conn, "select nspowner::regrole::text from pg_namespace where nspname = 'auditdb'")
+        assert owner == "auditdb_owner"
+        assert scalar(conn, "select to_regprocedure('auditdb.set_context(text,text,text,text,text,text,text,text)')")
+
+
+def test_install_twice_is_a_noop(empty_db: str) -> None:
+    install(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        before = conn.execute(
+            "select oid, relname from pg_class where relnamespace = 'auditdb'::regnamespace order by oid"
+        ).fetchall()
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+    with psycopg.connect(empty_db) as conn:
+        after = conn.execute(
+            "select oid, relname from pg_class where relnamespace = 'auditdb'::regnamespace order by oid"
+        ).fetchall()
+    assert after == before
+
+
+def test_install_keeps_existing_roles(empty_db: str, conn: psycopg.Connection[Any]) -> None:
+    # The template already created the roles in this cluster: a second database installs fine.
+    assert scalar(conn, "select count(*) from pg_roles where rolname = 'auditdb_owner'") == 1
+    install(empty_db)
+
+
+def test_install_sql_prints_parseable_sql() -> None:
+    result = CliRunner().invoke(cli, ["install", "--sql"])
+    assert result.exit_code == 0, result.output
+    assert "create table auditdb.log" in result.output
+    assert pglast.parse_sql(result.output)
+
+
+def test_log_indexes_serve_the_filters(conn: psycopg.Connection[Any]) -> None:
+    indexes = dict(
+        conn.execute(
+            "select indexname, indexdef from pg_indexes where schemaname = 'auditdb' and tablename = 'log'"
+        ).fetchall()
+    )
+    for column in ("id", "occurred_at", "entity_type", "actor_id", "tenant_id", "project_id", "action"):
+        assert any(f"({column}" in d for d in indexes.values()), (column, indexes)
+
+
+def test_every_function_pins_search_path(conn: psycopg.Connection[Any]) -> None:
+    unpinned = conn.execute(
+        """select p.oid::regprocedure::text from pg_proc p
+            where p.pronamespace = 'auditdb'::regnamespace
+              and not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false)"""
+    ).fetchall()
+    assert unpinned == []
+
+
+def test_nothing_is_executable_by_public(conn: psycopg.Connection[Any]) -> None:
+    public = conn.execute(
+        """select p.oid::regprocedure::text from pg_proc p
+            where p.pronamespace = 'auditdb'::regnamespace
+              and has_function_privilege('public', p.oid, 'execute')"""
+    ).fetchall()
+    assert public == []
+    writer = {
+        r
+        for (r,) in conn.execute(
+            """select p.proname from pg_proc p where p.pronamespace = 'auditdb'::regnamespace
+              and has_function_privilege('auditdb_writer', p.oid, 'execute')"""
+        )
+    }
+    assert writer == {"set_context", "current_context"}
+
+
+def test_uninstall_refuses_without_yes(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    result = CliRunner().invoke(cli, ["--dsn", dsn, "uninstall"])
+    assert result.exit_code == 2
+    assert "--yes" in result.output
+    assert scalar(conn, "select to_regnamespace('auditdb') is not null")
+
+
+def test_uninstall_removes_schema_and_keeps_roles(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    result = CliRunner().invoke(cli, ["--dsn", dsn, "uninstall", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert scalar(conn, "select to_regnamespace('auditdb') is null")
+    assert scalar(conn, "select count(*) from pg_roles where rolname like 'auditdb\\_%'") >= 4
+    again = CliRunner().invoke(cli, ["--dsn", dsn, "uninstall", "--yes"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    # And it can be installed again afterwards.
+    assert install(dsn)[1] == HEAD_REVISION
+
+
+@pytest.mark.parametrize("command", [["install"], ["partitions", "list"], ["partitions", "prune", "--older-than", "1"]])
+def test_commands_on_a_database_without_auditdb(command: list[str], empty_db: str) -> None:
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, *command])
+    if command == ["install"]:
+        assert result.exit_code == 0
+    else:
+        assert result.exit_code == 1
+        assert "auditdb is not installed" in result.output and "auditdb install" in result.output
