@@ -186,6 +186,56 @@ def partitions_prune(ctx: click.Context, older_than: int, export_dir: Path | Non
         click.echo(f"dropped auditdb.{p.name} ({p.rows} rows{where})")
 
 
+@cli.command(name="apply")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.pass_context
+def apply_cmd(ctx: click.Context, dry_run: bool) -> None:
+    """Make the database's capture triggers match auditdb.toml: add, update, remove.
+
+    Everything happens in one transaction. Each tracked table gets a generated capture
+    function and statement-level triggers (on its partitions too), enabled ALWAYS.
+    """
+    from auditdb.config import load_config
+    from auditdb.triggers import apply
+
+    config = load_config(ctx.obj["config_path"])
+    with _connection(ctx) as conn:
+        result = apply(conn, config, dry_run=dry_run)
+    if dry_run:
+        click.echo(result.sql if result.sql else "-- nothing to do: the database matches the config")
+        return
+    for verb, names in (("added", result.added), ("updated", result.replaced), ("removed", result.removed)):
+        for name in names:
+            click.echo(f"{verb} {name}")
+    if not (result.added or result.replaced or result.removed):
+        click.echo(f"nothing to do: {len(result.unchanged)} table(s) match the config")
+
+
+@cli.command(name="status")
+@click.pass_context
+def status_cmd(ctx: click.Context) -> None:
+    """Show each tracked table's capture state; exit 1 on any drift.
+
+    States: installed, outdated (config or auditdb changed, partitions without triggers),
+    missing, disabled (a trigger not enabled ALWAYS), not in config (captured, not configured).
+    """
+    from auditdb.config import load_config
+    from auditdb.triggers import State, status
+
+    config = load_config(ctx.obj["config_path"]) if ctx.obj["config_path"].exists() else None
+    with _connection(ctx) as conn:
+        rows = status(conn, config)
+    if config is None:
+        click.echo(f"no config at {ctx.obj['config_path']}: showing captured tables only", err=True)
+    if not rows:
+        click.echo("no tracked tables")
+    width = max((len(r.table) for r in rows), default=5)
+    for r in rows:
+        click.echo(f"{r.table:<{width}}  {r.state.value:<13}  {r.detail}".rstrip())
+    if any(r.state is not State.INSTALLED for r in rows):
+        ctx.exit(1)
+
+
 @cli.command()
 @click.option("--keep", is_flag=True, help="Leave the server running until Enter is pressed (for a look with psql).")
 def demo(keep: bool) -> None:

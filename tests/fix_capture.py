@@ -1,0 +1,49 @@
+"""Fixtures: tracked tables from a schema and an auditdb.toml, and reading the log back."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from auditdb.config import Config, parse_config
+from auditdb.triggers import apply
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "testplanit"
+
+Track = Callable[[str, str], Config]
+
+
+@pytest.fixture
+def track(conn: psycopg.Connection[Any]) -> Track:
+    """Create tables from SQL, then `auditdb apply` a config given as TOML text."""
+
+    def _track(schema_sql: str, toml_text: str) -> Config:
+        if schema_sql:
+            conn.execute(schema_sql)
+        config = parse_config(tomllib.loads(toml_text))
+        apply(conn, config)
+        return config
+
+    return _track
+
+
+@pytest.fixture
+def example(conn: psycopg.Connection[Any]) -> Config:
+    """The TestPlanIt example schema, tracked by its auditdb.toml."""
+    conn.execute((EXAMPLE / "schema.sql").read_text())
+    with open(EXAMPLE / "auditdb.toml", "rb") as f:
+        config = parse_config(tomllib.load(f))
+    apply(conn, config)
+    return config
+
+
+def entries(conn: psycopg.Connection[Any], where: str = "true", params: Any = None) -> list[dict[str, Any]]:
+    """Log rows (as dicts) matching a condition, in insert order."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(f"select * from auditdb.log where {where} order by id", params).fetchall()  # noqa: S608
