@@ -11,6 +11,7 @@ from typing import Any
 
 from auditdb.errors import ConfigError
 from auditdb.expressions import Expression, parse_expression
+from auditdb.names import qualified
 
 __all__ = ["Config", "Defaults", "Rule", "TableConfig", "load_config", "matches", "parse_config", "split_qualified"]
 
@@ -58,7 +59,7 @@ class TableConfig:
 
     @property
     def qualified(self) -> str:
-        return f"{_quote(self.schema)}.{_quote(self.table)}"
+        return qualified(self.schema, self.table)
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,6 @@ def split_qualified(key: str) -> tuple[str, str]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise ConfigError(f"table {key!r}: write schema.table, not {len(parts)} parts")
-
-
-def _quote(name: str) -> str:
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:

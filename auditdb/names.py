@@ -5,7 +5,17 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["CAPTURE_TRIGGERS", "MAX_IDENTIFIER_BYTES", "TRIGGER_PREFIX", "capture_function_name", "fits"]
+from pglast import keywords
+
+__all__ = [
+    "CAPTURE_TRIGGERS",
+    "MAX_IDENTIFIER_BYTES",
+    "TRIGGER_PREFIX",
+    "capture_function_name",
+    "fits",
+    "qualified",
+    "quote_ident",
+]
 
 MAX_IDENTIFIER_BYTES = 63
 TRIGGER_PREFIX = "auditdb_"
@@ -35,3 +45,18 @@ def capture_function_name(schema: str, table: str) -> str:
     name = f"{head}{readable}_{digest}" if readable else f"{head}{digest}"
     assert fits(name)
     return name
+
+
+_NEEDS_QUOTES = keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
+
+
+def quote_ident(name: str) -> str:
+    """Quote a name only where SQL needs it, as PostgreSQL's quote_ident does (for display)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name not in _NEEDS_QUOTES:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    """schema.table as users write it: the form used in auditdb.log.table_name and messages."""
+    return f"{quote_ident(schema)}.{quote_ident(table)}"

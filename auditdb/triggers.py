@@ -16,7 +16,7 @@ from psycopg import sql
 
 from auditdb.config import Config, Defaults, TableConfig, matches
 from auditdb.errors import AuditDBError, ConfigError, NotAuditableError
-from auditdb.names import CAPTURE_TRIGGERS, capture_function_name
+from auditdb.names import CAPTURE_TRIGGERS, capture_function_name, qualified
 
 __all__ = ["ApplyResult", "State", "TablePlan", "TableStatus", "apply", "plan_tables", "render_sql", "status"]
 
@@ -358,10 +358,7 @@ def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableSt
         configured.add(plan.oid)
         result.append(_table_state(conn, plan, found.get(plan.oid, [])))
     for root in sorted(set(found) - configured):
-        name = conn.execute("select %s::oid::regclass::text", (root,)).fetchone()
-        result.append(
-            TableStatus(str(name[0]) if name else str(root), State.NOT_IN_CONFIG, "captured but not configured")
-        )
+        result.append(TableStatus(_regclass(conn, root), State.NOT_IN_CONFIG, "captured but not configured"))
     return result
 
 
@@ -407,17 +404,22 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
 
 
 def _regclass(conn: psycopg.Connection[Any], oid: int) -> str:
-    row = conn.execute("select %s::oid::regclass::text", (oid,)).fetchone()
-    return str(row[0]) if row else str(oid)
+    row = conn.execute(
+        """select n.nspname, c.relname from pg_catalog.pg_class c
+             join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = %s""",
+        (oid,),
+    ).fetchone()
+    return qualified(str(row[0]), str(row[1])) if row else str(oid)
 
 
 def _uninstall_orphan(conn: psycopg.Connection[Any], root: int) -> str:
     targets = conn.execute(
+        # pg_partition_tree() has no rows for a table that is not partitioned: add the root.
         """select format('%%I.%%I', n.nspname, c.relname)
-             from pg_catalog.pg_partition_tree(%s) p
+             from (select %s::oid as relid union select relid from pg_catalog.pg_partition_tree(%s)) p
              join pg_catalog.pg_class c on c.oid = p.relid
              join pg_catalog.pg_namespace n on n.oid = c.relnamespace""",
-        (root,),
+        (root, root),
     ).fetchall()
     functions = conn.execute(
         """select distinct p.proname from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid
