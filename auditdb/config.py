@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -13,7 +12,17 @@ from auditdb.errors import ConfigError
 from auditdb.expressions import Expression, parse_expression
 from auditdb.names import qualified
 
-__all__ = ["Config", "Defaults", "Rule", "TableConfig", "load_config", "matches", "parse_config", "split_qualified"]
+__all__ = [
+    "Config",
+    "Defaults",
+    "Rule",
+    "TableConfig",
+    "glob_regex",
+    "load_config",
+    "matches",
+    "parse_config",
+    "split_qualified",
+]
 
 ACTION_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 RULE_EVENTS = ("INSERT", "UPDATE", "DELETE")
@@ -70,8 +79,16 @@ class Config:
 
 
 def matches(column: str, globs: tuple[str, ...]) -> bool:
-    """Whether a column name matches one of the globs (case-sensitive, * and ? wildcards)."""
-    return any(fnmatch.fnmatchcase(column, g) for g in globs)
+    """Whether a column name matches one of the globs (case-sensitive; * and ? are the wildcards)."""
+    return any(re.match(glob_regex(g), column, re.DOTALL) for g in globs)
+
+
+def glob_regex(glob: str) -> str:
+    """The POSIX regular expression (for PostgreSQL's ~) matching what the glob matches."""
+    out = []
+    for ch in glob:
+        out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    return "^" + "".join(out) + "$"
 
 
 _IDENT = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)')

@@ -52,7 +52,7 @@ _NEEDS_QUOTES = keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywor
 
 def quote_ident(name: str) -> str:
     """Quote a name only where SQL needs it, as PostgreSQL's quote_ident does (for display)."""
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name not in _NEEDS_QUOTES:
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", name) and name not in _NEEDS_QUOTES:
         return name
     return '"' + name.replace('"', '""') + '"'
 

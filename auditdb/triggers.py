@@ -14,7 +14,7 @@ import pglast
 import psycopg
 from psycopg import sql
 
-from auditdb.config import Config, Defaults, TableConfig, matches
+from auditdb.config import Config, Defaults, TableConfig, glob_regex, matches
 from auditdb.errors import AuditDBError, ConfigError, NotAuditableError
 from auditdb.names import CAPTURE_TRIGGERS, capture_function_name, qualified
 
@@ -36,6 +36,7 @@ class State(Enum):
 @dataclass(frozen=True)
 class Column:
     name: str
+    attnum: int
     type: str
     comparable: bool
     mask: str | None  # "full", "last4" or None
@@ -116,7 +117,7 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
             f"{cfg.qualified} is a partition: track its partitioned table instead (its partitions are captured with it)"
         )
     attrs = conn.execute(
-        """select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
+        """select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnum
              from pg_catalog.pg_attribute a
             where a.attrelid = %s and a.attnum > 0 and not a.attisdropped
             order by a.attnum""",
@@ -144,11 +145,11 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
         )
     comparable: dict[str, bool] = {}
     columns = []
-    for name, type_sql in attrs:
+    for name, type_sql, attnum in attrs:
         if type_sql not in comparable:
             comparable[type_sql] = _has_equality(conn, type_sql)
         mask = "full" if matches(name, cfg.mask) else "last4" if matches(name, cfg.mask_last4) else None
-        columns.append(Column(name, type_sql, comparable[type_sql], mask, matches(name, cfg.ignore)))
+        columns.append(Column(name, attnum, type_sql, comparable[type_sql], mask, matches(name, cfg.ignore)))
     masked = {c.name for c in columns if c.mask}
     name_expr = cfg.name
     if name_expr is not None:
@@ -222,6 +223,9 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
         "name": {"n": name_expr.render({"": "n"}), "o": name_expr.render({"": "o"})} if name_expr else None,
         "project": _ident(project) if project else None,
         "tenant": _ident(tenant) if tenant else None,
+        "project_column": project,
+        "tenant_column": tenant,
+        "system_role_names": defaults.system_roles,
         "soft_delete": soft_sql,
         "rules": {
             event: [
@@ -264,11 +268,28 @@ def _finish(
     check_sql(install_sql)
     check_sql(uninstall_sql)
     resolved = {
+        # What the generic capture function (used after a schema change) needs to produce the
+        # same entries: settings, rendered expressions, and how to treat columns added later.
         "entity_type": cfg.entity_type,
         "id": list(key),
-        "columns": [c.name for c in columns],
-        "masked": {c.name: c.mask for c in columns if c.mask},
-        "ignored": [c.name for c in columns if c.ignored],
+        "column_types": [[c.name, c.type] for c in columns],
+        "masked_full_attnums": [c.attnum for c in columns if c.mask == "full"],
+        "masked_last4_attnums": [c.attnum for c in columns if c.mask == "last4"],
+        "mask_regex": [glob_regex(g) for g in cfg.mask],
+        "mask_last4_regex": [glob_regex(g) for g in cfg.mask_last4],
+        "ignore_regex": [glob_regex(g) for g in cfg.ignore],
+        "project": context["project_column"],
+        "tenant": context["tenant_column"],
+        "soft_delete": {"sql": context["soft_delete"]} if context["soft_delete"] else None,
+        "name": context["name"],
+        "rules": [
+            {"on": event, "action": r.action, "when": r.when.render({"old": "o", "new": "n"}) if r.when else None}
+            for event in ("INSERT", "UPDATE", "DELETE")
+            for r in cfg.rules
+            if r.on == event
+        ],
+        "require_actor": context["require_actor"],
+        "system_roles": list(context["system_role_names"]),
     }
     return TablePlan(
         cfg, oid, partitioned, columns, key, partitions, function, install_sql, uninstall_sql, signature, resolved
@@ -329,6 +350,12 @@ def _table_state(
     disabled = sorted({n for _, n, enabled, _ in triggers if enabled != "A"})
     if disabled:
         return TableStatus(name, State.DISABLED, f"not enabled ALWAYS: {', '.join(disabled)}")
+    generic = conn.execute(
+        "select obj_description(to_regprocedure(%s), 'pg_proc') = 'auditdb:generic'",
+        (f"auditdb.{_ident(plan.function)}()",),
+    ).fetchone()
+    if generic and generic[0]:
+        return TableStatus(name, State.OUTDATED, "table changed since apply: generic capture in use, run apply")
     expected = {(oid, t) for oid in _target_oids(conn, plan) for t in CAPTURE_TRIGGERS.values()}
     present = {(relid, n) for relid, n, _, _ in triggers}
     if expected - present:
@@ -388,7 +415,14 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
         if dry_run:
             return ApplyResult(text, added, replaced, removed, unchanged)
         if text:
+            # Mark the transaction as auditdb's own, so the event triggers do not log each
+            # trigger it replaces; the whole apply is logged once below instead.
+            conn.execute("select auditdb.begin_maintenance()")
             conn.execute(text.encode())
+            conn.execute(
+                "select auditdb.log_audit_change('AuditConfig', 'apply', 'auditdb apply', null, %s)",
+                (json.dumps({"operation": "apply", "added": added, "updated": replaced, "removed": removed}),),
+            )
         conn.execute("delete from auditdb.tracked_tables where not (relid::oid = any(%s))", (list(configured),))
         for plan in plans:
             conn.execute(

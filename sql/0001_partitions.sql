@@ -39,6 +39,8 @@ begin
         lower_bound := auditdb.month_start(month_offset);
         partition_name := 'log_' || to_char(lower_bound at time zone 'UTC', 'YYYY_MM');
         continue when to_regclass(format('auditdb.%I', partition_name)) is not null;
+        -- Creating partitions is auditdb's own upkeep, not a change to log as AUDIT_CHANGED.
+        perform auditdb.begin_maintenance();
         begin
             execute format(
                 'create table auditdb.%I partition of auditdb.log for values from (%L) to (%L)',
@@ -145,19 +147,13 @@ begin
                 using errcode = 'object_not_in_prerequisite_state',
                       hint = 'Run `auditdb partitions prune --export-dir DIR` to archive it first, or add --force.';
         end if;
+        perform auditdb.begin_maintenance();
         execute format('drop table auditdb.%I', part.partition_name);
-        insert into auditdb.log (action, entity_type, entity_id, entity_name, actor_id, actor_email,
-                                 actor_name, ip, user_agent, tenant_id, metadata)
-        values ('AUDIT_CHANGED', 'AuditPartition', part.partition_name, 'auditdb.' || part.partition_name,
-                nullif(current_setting('auditdb.actor_id', true), ''),
-                nullif(current_setting('auditdb.actor_email', true), ''),
-                nullif(current_setting('auditdb.actor_name', true), ''),
-                nullif(current_setting('auditdb.ip', true), '')::inet,
-                nullif(current_setting('auditdb.user_agent', true), ''),
-                nullif(current_setting('auditdb.tenant_id', true), ''),
-                jsonb_build_object('operation', 'prune', 'partition', 'auditdb.' || part.partition_name,
-                                   'rows', rows_in, 'archived_to', archive.location, 'forced', force,
-                                   'request_id', nullif(current_setting('auditdb.request_id', true), '')));
+        perform auditdb.log_audit_change('AuditPartition', part.partition_name, 'auditdb.' || part.partition_name,
+                                         null, jsonb_build_object('operation', 'prune',
+                                                                  'partition', 'auditdb.' || part.partition_name,
+                                                                  'rows', rows_in, 'archived_to', archive.location,
+                                                                  'forced', force));
         partition_name := part.partition_name;
         row_count := rows_in;
         archived_to := archive.location;

@@ -44,6 +44,11 @@ def example(conn: psycopg.Connection[Any]) -> Config:
 
 
 def entries(conn: psycopg.Connection[Any], where: str = "true", params: Any = None) -> list[dict[str, Any]]:
-    """Log rows (as dicts) matching a condition, in insert order."""
+    """Entries of data changes and events (not AUDIT_CHANGED) matching a condition, in insert order."""
+    return audit_entries(conn, f"action <> 'AUDIT_CHANGED' and ({where})", params)
+
+
+def audit_entries(conn: psycopg.Connection[Any], where: str = "true", params: Any = None) -> list[dict[str, Any]]:
+    """All entries matching a condition, AUDIT_CHANGED included, in insert order."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(f"select * from auditdb.log where {where} order by id", params).fetchall()  # noqa: S608

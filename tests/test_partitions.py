@@ -36,6 +36,7 @@ def _past_partition(conn: psycopg.Connection[Any], months_back: int, rows: int) 
     """Create the partition of a past month as auditdb would have, with `rows` entries in it."""
     name = _months(conn, range(-months_back, -months_back + 1))[0]
     with conn.transaction():
+        conn.execute("select auditdb.begin_maintenance()")  # auditdb's own upkeep, as ensure does
         conn.execute("set local role auditdb_owner")
         lo = scalar(conn, "select auditdb.month_start(%s)", (-months_back,))
         hi = scalar(conn, "select auditdb.month_start(%s)", (-months_back + 1,))

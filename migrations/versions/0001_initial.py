@@ -1,4 +1,4 @@
-"""The auditdb schema: roles, the partitioned append-only log, partitions, session context.
+"""The auditdb schema: roles, the append-only log and its partitions, context, capture support, DDL watch.
 
 Revision ID: 0001
 Revises:
@@ -16,7 +16,7 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    run_revision_sql("0001", ["roles", "log", "guard", "partitions", "context", "grants"])
+    run_revision_sql("0001", ["roles", "log", "guard", "context", "capture", "ddl", "partitions", "grants", "events"])
 
 
 def downgrade() -> None:
