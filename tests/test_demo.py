@@ -16,9 +16,23 @@ def test_demo_runs_and_cleans_up() -> None:
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
-    assert "installed auditdb" in proc.stdout
-    assert "auditdb.log_" in proc.stdout
-    assert "ann@example.com" in proc.stdout
-    assert "server stopped and removed" in proc.stdout
+    out = proc.stdout
+    assert "tracked 19 tables" in out
+    for action in (
+        "BULK_CREATE",
+        "UPDATE",
+        "BULK_UPDATE",
+        "DELETE",
+        "PASSWORD_CHANGED",
+        "API_KEY_REVOKED",
+        "PERMISSION_GRANT",
+        "ROLE_CHANGED",
+    ):
+        assert f" {action} " in out, action
+    for who in ("ann@example.com", "bob@example.com", "cho@example.com", "203.0.113.7", "2001:db8::42"):
+        assert who in out
+    assert "password_hash: *** → ***" in out and "bcrypt$" not in out
+    assert "name: Apply coupon → Apply an expired coupon" in out
+    assert "server stopped and removed" in out
     assert set(glob.glob("/tmp/auditdb-pg-*")) == before
     assert elapsed < 30

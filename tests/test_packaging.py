@@ -32,6 +32,8 @@ def test_wheel_ships_sql_and_migrations(wheel: Path) -> None:
     assert "auditdb/sql/0001_log.sql" in names
     assert "auditdb/migrations/env.py" in names
     assert "auditdb/migrations/versions/0001_initial.py" in names
+    assert "auditdb/sql/templates/capture.sql.j2" in names
+    assert "auditdb/examples/testplanit/auditdb.toml" in names
 
 
 def test_installed_wheel_runs_install_from_any_directory(wheel: Path, empty_db: str, tmp_path: Path) -> None:
@@ -66,3 +68,24 @@ def test_installed_wheel_runs_install_from_any_directory(wheel: Path, empty_db: 
     with psycopg.connect(empty_db) as conn:
         row = conn.execute("select count(*) from auditdb.partitions()").fetchone()
     assert row is not None and row[0] == 4
+
+
+def test_installed_wheel_runs_the_demo(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    demo = subprocess.run(
+        [sys.executable, "-m", "auditdb", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "tracked 19 tables" in demo.stdout

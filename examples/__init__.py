@@ -1,0 +1,1 @@
+"""Example applications tracked by auditdb (schema.sql and auditdb.toml each); the demo uses testplanit."""
