@@ -21,30 +21,30 @@ from auditdb.triggers import apply
 __all__ = ["run_demo"]
 
 ACTORS = {
-    "ann": dict(
-        actor_id="u1",
-        actor_email="ann@example.com",
-        actor_name="Ann Admin",
-        ip="203.0.113.7",
-        user_agent="Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0",
-        tenant_id="acme",
-    ),
-    "bob": dict(
-        actor_id="u2",
-        actor_email="bob@example.com",
-        actor_name="Bob Tester",
-        ip="198.51.100.23",
-        user_agent="Mozilla/5.0 (Macintosh) Safari/18.1",
-        tenant_id="acme",
-    ),
-    "cho": dict(
-        actor_id="u3",
-        actor_email="cho@example.com",
-        actor_name="Cho Lead",
-        ip="2001:db8::42",
-        user_agent="testplanit-cli/2.4",
-        tenant_id="acme",
-    ),
+    "ann": {
+        "actor_id": "u1",
+        "actor_email": "ann@example.com",
+        "actor_name": "Ann Admin",
+        "ip": "203.0.113.7",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0",
+        "tenant_id": "acme",
+    },
+    "bob": {
+        "actor_id": "u2",
+        "actor_email": "bob@example.com",
+        "actor_name": "Bob Tester",
+        "ip": "198.51.100.23",
+        "user_agent": "Mozilla/5.0 (Macintosh) Safari/18.1",
+        "tenant_id": "acme",
+    },
+    "cho": {
+        "actor_id": "u3",
+        "actor_email": "cho@example.com",
+        "actor_name": "Cho Lead",
+        "ip": "2001:db8::42",
+        "user_agent": "testplanit-cli/2.4",
+        "tenant_id": "acme",
+    },
 }
 
 # (actor, request id, statements) — what three people do in the app over a few minutes.
