@@ -376,10 +376,51 @@ def _target_oids(conn: psycopg.Connection[Any], plan: TablePlan) -> list[int]:
     return [int(r[0]) for r in rows] or [plan.oid]
 
 
-def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableStatus]:
-    """Each configured table's state, then tables captured but no longer configured."""
-    found = _installed(conn)
+EVENT_TRIGGERS = ("auditdb_ddl_command_end", "auditdb_sql_drop")
+
+
+def event_trigger_status(conn: psycopg.Connection[Any]) -> list[TableStatus]:
+    """auditdb's event triggers must exist and fire ALWAYS (PostgreSQL logs no change to them)."""
+    rows = dict(
+        conn.execute(
+            "select evtname, evtenabled from pg_catalog.pg_event_trigger where evtname = any(%s)",
+            (list(EVENT_TRIGGERS),),
+        ).fetchall()
+    )
     result = []
+    for name in EVENT_TRIGGERS:
+        state = rows.get(name)
+        if state is None:
+            result.append(TableStatus(f"event trigger {name}", State.MISSING, "auditdb apply recreates it"))
+        elif state != "A":
+            result.append(TableStatus(f"event trigger {name}", State.DISABLED, "auditdb apply enables it ALWAYS"))
+    return result
+
+
+# Recreates auditdb's event triggers (as 0001_events.sql made them) where missing or not ALWAYS.
+REPAIR_EVENT_TRIGGERS = """
+do $$
+begin
+    if not exists (select from pg_catalog.pg_event_trigger where evtname = 'auditdb_ddl_command_end') then
+        create event trigger auditdb_ddl_command_end on ddl_command_end execute function auditdb.on_ddl_command_end();
+    end if;
+    if not exists (select from pg_catalog.pg_event_trigger where evtname = 'auditdb_sql_drop') then
+        create event trigger auditdb_sql_drop on sql_drop execute function auditdb.on_sql_drop();
+    end if;
+end
+$$;
+alter event trigger auditdb_ddl_command_end enable always;
+alter event trigger auditdb_sql_drop enable always;
+"""
+
+
+def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableStatus]:
+    """Each configured table's state, then tables captured but no longer configured.
+
+    Event triggers that are missing or not ALWAYS come first: they keep capture complete.
+    """
+    found = _installed(conn)
+    result = event_trigger_status(conn)
     configured: set[int] = set()
     for plan in plan_tables(conn, config) if config else []:
         configured.add(plan.oid)
@@ -407,6 +448,9 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
                 continue
             (added if state is State.MISSING else replaced).append(plan.config.qualified)
             statements.append(plan.install_sql)
+        if event_trigger_status(conn):
+            statements.insert(0, REPAIR_EVENT_TRIGGERS)
+            replaced.extend(name for name in EVENT_TRIGGERS)
         configured = {p.oid for p in plans}
         for root in sorted(set(found) - configured):
             statements.append(_uninstall_orphan(conn, root))

@@ -32,9 +32,12 @@ begin
     if raw is null then
         return null;
     end if;
-    return raw::inet;
-exception when others then
-    return null;
+    -- Only this inner block pays for a subtransaction, and only when an address is set.
+    begin
+        return raw::inet;
+    exception when invalid_text_representation then
+        return null;
+    end;
 end
 $$;
 

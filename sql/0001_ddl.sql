@@ -113,6 +113,7 @@ set timezone = 'UTC'
 set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres'
 set extra_float_digits = 1
+set jit = off
 as $auditdb$
 #variable_conflict use_variable
 declare

@@ -104,7 +104,7 @@ begin
            is distinct from generic_source then
             execute format('create or replace function auditdb.%I() returns trigger language plpgsql security definer '
                            'set search_path = pg_catalog, pg_temp set timezone = %L set datestyle = %L '
-                           'set intervalstyle = %L set extra_float_digits = 1 as %L',
+                           'set intervalstyle = %L set extra_float_digits = 1 set jit = off as %L',
                            tracked.function_name, 'UTC', 'ISO, YMD', 'postgres', generic_source);
             execute format('comment on function auditdb.%I() is %L', tracked.function_name, 'auditdb:generic');
         end if;

@@ -119,3 +119,19 @@ def test_status_without_config_lists_captured_tables(conn: psycopg.Connection[An
     result = _cli(conn, project, "status")
     assert result.exit_code == 1
     assert "no config" in result.output and "public.a  not in config" in result.output
+
+
+def test_status_checks_event_triggers_and_apply_restores_them(conn: psycopg.Connection[Any], project: Path) -> None:
+    _cli(conn, project, "apply")
+    conn.execute("alter event trigger auditdb_sql_drop disable")
+    conn.execute("drop event trigger auditdb_ddl_command_end")
+    status = _cli(conn, project, "status")
+    assert status.exit_code == 1
+    lines = {" ".join(line.split()[:3]): line for line in status.output.splitlines()}
+    assert "missing" in lines["event trigger auditdb_ddl_command_end"]
+    assert "disabled" in lines["event trigger auditdb_sql_drop"]
+    repaired = _cli(conn, project, "apply")
+    assert repaired.exit_code == 0, repaired.output
+    assert _cli(conn, project, "status").exit_code == 0
+    states = dict(conn.execute("select evtname, evtenabled from pg_event_trigger").fetchall())
+    assert states == {"auditdb_ddl_command_end": "A", "auditdb_sql_drop": "A"}

