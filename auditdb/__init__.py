@@ -11,16 +11,19 @@ from auditdb.errors import (
     NotInstalledError,
     PermissionDenied,
 )
+from auditdb.events import EventSender, emit
 
 __all__ = [
     "AuditDBError",
     "ConfigError",
     "ConnectionFailed",
+    "EventSender",
     "NotAuditableError",
     "NotInstalledError",
     "PermissionDenied",
     "context",
     "current_context",
+    "emit",
     "set_context",
 ]
 

@@ -15,6 +15,7 @@ from auditdb import db, partitions
 from auditdb.errors import AuditDBError
 from auditdb.install import install as run_install
 from auditdb.install import install_sql, uninstall
+from auditdb.render import safe
 
 __all__ = ["cli", "main"]
 
@@ -233,6 +234,69 @@ def status_cmd(ctx: click.Context) -> None:
     for r in rows:
         click.echo(f"{r.table:<{width}}  {r.state.value:<13}  {r.detail}".rstrip())
     if any(r.state is not State.INSTALLED for r in rows):
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Drain the queue and exit.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=500,
+    show_default=True,
+    help="Events logged per transaction.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.05),
+    default=5.0,
+    show_default=True,
+    help="Seconds between polls when no notification comes.",
+)
+@click.option("--no-listen", is_flag=True, help="Do not LISTEN; poll only.")
+@click.option("--name", help="Name in the heartbeat table (default host:pid).")
+@click.pass_context
+def worker(
+    ctx: click.Context, once: bool, batch_size: int, poll_interval: float, no_listen: bool, name: str | None
+) -> None:
+    """Move emitted events from the queue into auditdb.log, exactly once, in queue order.
+
+    Woken by NOTIFY, polling as a fallback; reconnects when the server restarts; keeps monthly
+    partitions 3 months ahead (hourly) and records a heartbeat for `auditdb doctor`. Several
+    workers may run at once. SIGTERM/SIGINT finish the batch in hand and exit 0. Run it as a role
+    granted auditdb_admin.
+    """
+    import logging
+
+    from auditdb.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    w = Worker(ctx.obj["dsn"], batch_size=batch_size, poll_interval=poll_interval, listen=not no_listen)
+    if name:
+        w.name = name
+    w.install_signal_handlers()
+    processed = w.run(once=once)
+    logging.getLogger("auditdb.worker").info("worker %s stopped; logged %d event(s)", w.name, processed)
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check auditdb's health: one line per check (ok / warn / fail); exit 1 on any fail.
+
+    Connection and server version, schema version, event triggers, tracked tables against the
+    config (when ./auditdb.toml or --config exists), worker heartbeat, event queue backlog,
+    partitions for this month and the next 2, and an empty default partition.
+    """
+    from auditdb.config import load_config
+    from auditdb.doctor import run_checks
+
+    config = load_config(ctx.obj["config_path"]) if ctx.obj["config_path"].exists() else None
+    with _connection(ctx, installed=False) as conn:
+        checks = run_checks(conn, config)
+    for check in checks:
+        click.echo(f"{check.level:<4}  {check.name:<17}  {safe(check.detail)}")
+    if any(c.level == "fail" for c in checks):
         ctx.exit(1)
 
 

@@ -220,7 +220,19 @@ class LocalServer:
 
     def restart(self) -> None:
         """Restart in place (same data, same port)."""
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "restart")
+        assert self.basedir is not None
+        # -l: the new postmaster must not inherit our pipes, or waiting for their end never ends.
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.basedir / "server.log"),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+        )
 
     def log_text(self) -> str:
         assert self.basedir is not None

@@ -468,6 +468,12 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
                 (json.dumps({"operation": "apply", "added": added, "updated": replaced, "removed": removed}),),
             )
         conn.execute("delete from auditdb.tracked_tables where not (relid::oid = any(%s))", (list(configured),))
+        # Event metadata is masked with the same globs (auditdb.emit reads them from here).
+        for name, globs in (("mask_regex", config.defaults.mask), ("mask_last4_regex", config.defaults.mask_last4)):
+            conn.execute(
+                "update auditdb.settings set value = %s where name = %s",
+                (json.dumps([glob_regex(g) for g in globs]), name),
+            )
         for plan in plans:
             conn.execute(
                 """insert into auditdb.tracked_tables (relid, table_name, function_name, config, signature)

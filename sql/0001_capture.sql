@@ -64,4 +64,3 @@ comment on function auditdb.is_system_role(text[]) is 'auditdb: is the session u
 reset role;
 
 revoke all on function auditdb.context_ip(), auditdb.is_system_role(text[]) from public;
-grant select on auditdb.tracked_tables to auditdb_admin;

@@ -5,14 +5,19 @@ revoke all on all functions in schema auditdb from public;
 alter default privileges for role auditdb_owner in schema auditdb revoke execute on functions from public;
 
 revoke all on all tables in schema auditdb from public;
-grant select on auditdb.log, auditdb.partition_archive to auditdb_admin;
+grant select on auditdb.log, auditdb.partition_archive, auditdb.tracked_tables, auditdb.event_queue,
+                auditdb.worker_heartbeat to auditdb_admin;
 
 grant execute on function auditdb.set_context(text, text, text, text, text, text, text, text),
-                          auditdb.current_context()
+                          auditdb.current_context(),
+                          auditdb.emit(text, text, text, text, jsonb)
     to auditdb_writer;
 grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(),
                           auditdb.record_archive(text, bigint, text),
                           auditdb.prune_partitions(integer, boolean),
                           auditdb.set_context(text, text, text, text, text, text, text, text),
-                          auditdb.current_context()
+                          auditdb.current_context(),
+                          auditdb.emit(text, text, text, text, jsonb),
+                          auditdb.process_events(integer),
+                          auditdb.worker_beat(text, timestamptz, bigint)
     to auditdb_admin;

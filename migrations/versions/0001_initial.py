@@ -1,4 +1,4 @@
-"""The auditdb schema: roles, the append-only log and its partitions, context, capture support, DDL watch.
+"""The auditdb schema: roles, the append-only log and its partitions, context, capture, DDL watch, event queue.
 
 Revision ID: 0001
 Revises:
@@ -16,7 +16,9 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    run_revision_sql("0001", ["roles", "log", "guard", "context", "capture", "ddl", "partitions", "grants", "events"])
+    run_revision_sql(
+        "0001", ["roles", "log", "guard", "context", "capture", "ddl", "partitions", "queue", "grants", "events"]
+    )
 
 
 def downgrade() -> None:

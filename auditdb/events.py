@@ -1,0 +1,90 @@
+"""Emitting events no table change shows (LOGIN, LOGIN_FAILED, DATA_EXPORTED, …)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from auditdb.context import FIELDS, set_context
+from auditdb.db import connect
+from auditdb.errors import AuditDBError
+
+__all__ = ["EventSender", "emit"]
+
+ACTION_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+_EMIT = "select auditdb.emit(%s, %s, %s, %s, %s)"
+
+
+def emit(
+    conn: psycopg.Connection[Any],
+    action: str,
+    *,
+    entity_type: str | None = None,
+    entity_id: str | int | None = None,
+    entity_name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """Record an event in the connection's current transaction; returns its queue id.
+
+    The context (actor, IP, user agent, tenant, project, request id) is the transaction's, as
+    set by auditdb.context. If the transaction rolls back, the event is never logged; use
+    EventSender for events that must outlive a failing request.
+
+    >>> auditdb.emit(conn, "LOGIN", entity_type="User", entity_id="u42", metadata={"method": "sso"})
+    """
+    if not ACTION_RE.match(action):
+        raise AuditDBError(f"event action {action!r} must match ^[A-Z][A-Z0-9_]*$ (e.g. LOGIN_FAILED)")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise AuditDBError("event metadata must be a mapping (a JSON object)")
+    row = conn.execute(
+        _EMIT,
+        (action, entity_type, None if entity_id is None else str(entity_id), entity_name, Jsonb(dict(metadata or {}))),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class EventSender:
+    """Emits on its own autocommit connection, so events survive the caller's rollback.
+
+    For LOGIN_FAILED and the like: the request fails and rolls back, the event stays.
+
+    >>> sender = auditdb.EventSender(dsn)
+    >>> sender.emit("LOGIN_FAILED", entity_type="User", metadata={"email": email, "reason": "bad password"},
+    ...             context={"ip": client_ip, "user_agent": ua})
+    """
+
+    def __init__(self, dsn: str | None = None) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self._dsn, autocommit=True)
+        return self._conn
+
+    def emit(self, action: str, *, context: Mapping[str, Any] | None = None, **fields: Any) -> int:
+        """Emit and commit at once, with the given context (keys as for auditdb.context)."""
+        unknown = sorted(set(context or {}) - set(FIELDS))
+        if unknown:
+            raise TypeError(f"unknown context field(s) {', '.join(unknown)}")
+        conn = self._connection()
+        with conn.transaction():
+            set_context(conn, **dict(context or {}))
+            return emit(conn, action, **fields)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> EventSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

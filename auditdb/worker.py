@@ -1,0 +1,144 @@
+"""`auditdb worker`: moves queued events into auditdb.log, woken by NOTIFY, polling as a fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import psycopg
+
+from auditdb.db import connect, describe_error, require_installed
+from auditdb.errors import AuditDBError, NotInstalledError, PermissionDenied
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("auditdb.worker")
+
+CHANNEL = "auditdb_events"
+PARTITION_UPKEEP_SECONDS = 3600.0
+
+
+@dataclass
+class Worker:
+    """Drains auditdb.event_queue; safe to run several at once and to kill at any moment."""
+
+    dsn: str | None = None
+    batch_size: int = 500
+    poll_interval: float = 5.0
+    listen: bool = True
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    processed: int = 0
+    _stop: bool = False
+    _started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _last_upkeep: float = 0.0
+
+    def stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        """Ask the worker to finish the batch in hand and return (the SIGTERM/SIGINT handler)."""
+        if not self._stop:
+            log.info("stopping after the current batch (signal %s)", signum)
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, *, once: bool = False) -> int:
+        """Process events until stopped (or, with once, until the queue is empty); returns the count."""
+        backoff = 1.0
+        while not self._stop:
+            try:
+                with connect(self.dsn, autocommit=True) as conn:
+                    require_installed(conn)
+                    conn.execute("set application_name = 'auditdb worker'")
+                    if self.listen:
+                        conn.execute(f"listen {CHANNEL}")
+                    log.info(
+                        "worker %s connected; %s",
+                        self.name,
+                        "listening" if self.listen else f"polling every {self.poll_interval:g} s",
+                    )
+                    backoff = 1.0
+                    if self._serve(conn, once):
+                        return self.processed
+            except (NotInstalledError, PermissionDenied):
+                raise
+            except AuditDBError as e:
+                if once:
+                    raise
+                log.error("worker %s: %s; retrying in %.0f s", self.name, e, backoff)
+            except psycopg.Error as e:
+                if once:
+                    raise describe_error(e) from e
+                log.error(
+                    "worker %s lost its connection (%s); retrying in %.0f s", self.name, describe_error(e), backoff
+                )
+            if self._stop:
+                break
+            self._sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+        return self.processed
+
+    def _serve(self, conn: psycopg.Connection[Any], once: bool) -> bool:
+        """Drain, then wait for a notification or the poll interval; True when done."""
+        while not self._stop:
+            self._upkeep(conn)
+            self._drain(conn)
+            self._beat(conn)
+            if once:
+                return True
+            self._wait(conn)
+        return True
+
+    def _drain(self, conn: psycopg.Connection[Any]) -> None:
+        while not self._stop:
+            with conn.transaction():
+                row = conn.execute("select * from auditdb.process_events(%s)", (self.batch_size,)).fetchone()
+            count = int(row[0]) if row else 0
+            if count == 0:
+                return
+            self.processed += count
+            lag = row[1].total_seconds() if row and row[1] is not None else 0.0
+            log.info("logged %d event(s), oldest waited %.3f s", count, lag)
+            if count < self.batch_size:
+                return
+
+    def _wait(self, conn: psycopg.Connection[Any]) -> None:
+        deadline = time.monotonic() + self.poll_interval
+        while not self._stop:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            slice_ = min(remaining, 0.5)
+            if self.listen:
+                for _ in conn.notifies(timeout=slice_, stop_after=1):
+                    return
+            else:
+                time.sleep(slice_)
+
+    def _beat(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("select auditdb.worker_beat(%s, %s, %s)", (self.name, self._started, self.processed))
+
+    def _upkeep(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.monotonic()
+        if self._last_upkeep and now - self._last_upkeep < PARTITION_UPKEEP_SECONDS:
+            return
+        self._last_upkeep = now
+        try:
+            with conn.transaction():
+                created = [r[0] for r in conn.execute("select auditdb.ensure_partitions(3)").fetchall()]
+            for name in created:
+                log.info("created partition auditdb.%s", name)
+        except psycopg.Error as e:
+            log.error("partition upkeep failed: %s", describe_error(e))
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop and time.monotonic() < deadline:
+            time.sleep(min(0.2, deadline - time.monotonic()))

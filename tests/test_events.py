@@ -1,0 +1,167 @@
+"""Events: emit → durable queue → worker → log, exactly once; the Python API and the worker's manners."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import auditdb
+from auditdb.worker import Worker
+from tests.fix_capture import Track, entries
+from tests.fix_db import scalar
+
+CONTEXT = {
+    "actor_id": "u42",
+    "actor_email": "ann@example.com",
+    "actor_name": "Ann",
+    "ip": "203.0.113.7",
+    "user_agent": "Mozilla/5.0 (X11)",
+    "tenant_id": "t1",
+    "request_id": "req-1",
+}
+
+
+def _drain(dsn: str) -> int:
+    return Worker(dsn, poll_interval=0.1).run(once=True)
+
+
+@pytest.fixture
+def running_worker(dsn: str) -> Iterator[Worker]:
+    worker = Worker(dsn, poll_interval=30.0)  # a poll could not explain a fast delivery
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    yield worker
+    worker.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def _wait_for(conn: psycopg.Connection[Any], where: str, params: Any = None, timeout: float = 5.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if scalar(conn, f"select count(*) from auditdb.log where {where}", params):  # noqa: S608
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise AssertionError(f"no entry where {where} within {timeout} s")
+
+
+@pytest.mark.parametrize("action", ["LOGIN", "LOGOUT", "LOGIN_FAILED", "PASSWORD_RESET", "REPORT_SHARED"])
+def test_events_travel_with_context_and_metadata(action: str, conn: psycopg.Connection[Any], dsn: str) -> None:
+    before = scalar(conn, "select clock_timestamp()")
+    with conn.transaction(), auditdb.context(conn, **CONTEXT):
+        queue_id = auditdb.emit(
+            conn,
+            action,
+            entity_type="User",
+            entity_id=42,
+            entity_name="Ann",
+            metadata={"method": "password", "attempt": 3, "nested": {"ok": True}},
+        )
+    after = scalar(conn, "select clock_timestamp()")
+    assert queue_id > 0 and entries(conn) == []
+    assert _drain(dsn) == 1
+    [e] = entries(conn)
+    assert (e["action"], e["entity_type"], e["entity_id"], e["entity_name"]) == (action, "User", "42", "Ann")
+    assert (e["actor_id"], e["actor_email"], e["actor_name"], str(e["ip"]), e["user_agent"], e["tenant_id"]) == (
+        "u42",
+        "ann@example.com",
+        "Ann",
+        "203.0.113.7",
+        "Mozilla/5.0 (X11)",
+        "t1",
+    )
+    assert e["metadata"] == {"method": "password", "attempt": 3, "nested": {"ok": True}, "request_id": "req-1"}
+    assert before <= e["occurred_at"] <= after
+    assert e["table_name"] is None and e["changes"] is None and e["db_user"] == conn.info.user
+    assert scalar(conn, "select count(*) from auditdb.event_queue") == 0
+
+
+def test_sql_emit_and_its_checks(conn: psycopg.Connection[Any], dsn: str) -> None:
+    conn.execute("""select auditdb.emit('LOGIN_FAILED', entity_type => 'User', entity_id => null,
+                    metadata => '{"email": "ann@example.com", "reason": "bad password"}')""")
+    for bad, message in (("'login'", "not a valid action"), ("null", "not a valid action")):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+            conn.execute(f"select auditdb.emit({bad})")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="JSON object"):
+        conn.execute("select auditdb.emit('LOGIN', metadata => '[1]')")
+    with pytest.raises(auditdb.AuditDBError, match="must match"):
+        auditdb.emit(conn, "Login")
+    assert _drain(dsn) == 1
+    assert entries(conn)[0]["metadata"] == {"email": "ann@example.com", "reason": "bad password"}
+
+
+def test_rolled_back_emit_never_appears_but_event_sender_survives(conn: psycopg.Connection[Any], dsn: str) -> None:
+    with auditdb.EventSender(dsn) as sender:
+        with pytest.raises(RuntimeError), conn.transaction():
+            auditdb.emit(conn, "LOGIN", entity_id="u1")
+            sender.emit(
+                "LOGIN_FAILED", entity_type="User", metadata={"email": "x@example.com"}, context={"ip": "198.51.100.9"}
+            )
+            raise RuntimeError("the request fails")
+    assert _drain(dsn) == 1
+    [e] = entries(conn)
+    assert e["action"] == "LOGIN_FAILED" and str(e["ip"]) == "198.51.100.9"
+
+
+def test_notify_carries_only_the_queue_id_even_for_1mb_metadata(conn: psycopg.Connection[Any], dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("listen auditdb_events")
+        big = "x" * 1_000_000
+        queue_id = auditdb.emit(conn, "DATA_EXPORTED", metadata={"blob": big})
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notes] == [str(queue_id)]
+    assert _drain(dsn) == 1
+    assert len(entries(conn)[0]["metadata"]["blob"]) == 1_000_000
+
+
+def test_metadata_is_masked_like_columns(conn: psycopg.Connection[Any], dsn: str, track: Track) -> None:
+    track("", '[defaults]\nmask = ["password*"]\nmask_last4 = ["*token*"]\n')
+    auditdb.emit(conn, "PASSWORD_RESET", metadata={"password": "hunter2", "user": {"reset_token": "tok_123456789"}})
+    _drain(dsn)
+    assert entries(conn)[0]["metadata"] == {"password": "***", "user": {"reset_token": "***6789"}}
+    assert "hunter2" not in json.dumps(entries(conn)[0], default=str)
+
+
+def test_running_worker_logs_within_a_second_via_notify(conn: psycopg.Connection[Any], running_worker: Worker) -> None:
+    time.sleep(0.3)  # the worker is listening
+    auditdb.emit(conn, "LOGIN", entity_id="fast")
+    assert _wait_for(conn, "entity_id = 'fast'", timeout=5) < 1.0
+
+
+def test_polling_worker_logs_within_the_poll_interval(conn: psycopg.Connection[Any], dsn: str) -> None:
+    worker = Worker(dsn, poll_interval=0.5, listen=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        auditdb.emit(conn, "LOGIN", entity_id="polled")
+        assert _wait_for(conn, "entity_id = 'polled'", timeout=5) < 0.5 + 0.5
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+
+
+def test_worker_reconnects_after_its_connection_is_killed(
+    conn: psycopg.Connection[Any], running_worker: Worker
+) -> None:
+    time.sleep(0.3)
+    conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'auditdb worker'")
+    auditdb.emit(conn, "LOGIN", entity_id="after-kill")
+    assert _wait_for(conn, "entity_id = 'after-kill'", timeout=10) < 10
+
+
+def test_events_are_logged_in_queue_order_with_a_heartbeat(conn: psycopg.Connection[Any], dsn: str) -> None:
+    for n in range(1200):
+        auditdb.emit(conn, "LOGIN", entity_id=str(n))
+    worker = Worker(dsn, batch_size=500)
+    assert worker.run(once=True) == 1200
+    ids = [int(e["entity_id"]) for e in entries(conn)]
+    assert ids == list(range(1200))
+    beat = conn.execute("select worker, processed from auditdb.worker_heartbeat").fetchone()
+    assert beat == (worker.name, 1200)
