@@ -61,12 +61,25 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     """Return the installed schema version, or raise NotInstalledError."""
     from auditdb.install import HEAD_REVISION
 
-    row = conn.execute("select to_regclass('auditdb.alembic_version') is not null, current_database()").fetchone()
+    # Existence through the catalog: to_regclass() needs USAGE on the schema.
+    row = conn.execute(
+        """select exists (select from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                           where n.nspname = 'auditdb' and c.relname = 'alembic_version'), current_database()"""
+    ).fetchone()
     assert row is not None
     present, dbname = row
     if not present:
         raise NotInstalledError(f"auditdb is not installed in database {dbname}: run `auditdb install`")
-    version_row = conn.execute("select version_num from auditdb.alembic_version").fetchone()
+    try:
+        version_row = conn.execute("select version_num from auditdb.alembic_version").fetchone()
+    except psycopg.errors.InsufficientPrivilege as e:
+        if not conn.autocommit:
+            conn.rollback()
+        user = conn.info.user
+        raise PermissionDenied(
+            f"permission denied: role {user} has none of auditdb's roles; reading the log needs auditdb_admin or "
+            f"auditdb_viewer (an administrator runs: auditdb grant {user} --admin | --viewer --tenant T)"
+        ) from e
     version = str(version_row[0]) if version_row else ""
     if version != HEAD_REVISION:
         raise NotInstalledError(

@@ -6,7 +6,11 @@ alter default privileges for role auditdb_owner in schema auditdb revoke execute
 
 revoke all on all tables in schema auditdb from public;
 grant select on auditdb.log, auditdb.partition_archive, auditdb.tracked_tables, auditdb.event_queue,
-                auditdb.worker_heartbeat to auditdb_admin;
+                auditdb.worker_heartbeat, auditdb.tenant_roles to auditdb_admin;
+grant select on auditdb.log to auditdb_viewer;
+grant select on auditdb.alembic_version to auditdb_admin, auditdb_viewer, auditdb_writer;  -- rows filtered by row-level security (0001_access.sql)
+grant execute on function auditdb.viewer_tenants(name), auditdb.log_export(jsonb, text, bigint, text, text)
+    to auditdb_admin, auditdb_viewer;
 
 grant execute on function auditdb.set_context(text, text, text, text, text, text, text, text),
                           auditdb.current_context(),

