@@ -23,8 +23,13 @@ import psycopg
 from auditdb.embedded import LocalServer, find_bindirs, server_version
 from auditdb.install import install
 
-SETTINGS = {"shared_buffers": "1GB", "work_mem": "64MB", "synchronous_commit": "off", "max_wal_size": "8GB",
-            "log_min_messages": "warning"}
+SETTINGS = {
+    "shared_buffers": "1GB",
+    "work_mem": "64MB",
+    "synchronous_commit": "off",
+    "max_wal_size": "8GB",
+    "log_min_messages": "warning",
+}
 
 FILL = """
 insert into auditdb.log (occurred_at, action, entity_type, entity_id, entity_name, project_id, tenant_id,
@@ -43,9 +48,23 @@ select now() - make_interval(secs => g), (array['CREATE', 'UPDATE', 'DELETE', 'L
 def run_export(dsn: str, fmt: str, out: Path) -> tuple[float, int, str]:
     started = time.perf_counter()
     proc = subprocess.run(
-        ["/usr/bin/time", "-v", sys.executable, "-m", "auditdb", "--dsn", dsn, "export", "--output", str(out),
-         "--format", fmt],
-        capture_output=True, text=True, check=True,
+        [
+            "/usr/bin/time",
+            "-v",
+            sys.executable,
+            "-m",
+            "auditdb",
+            "--dsn",
+            dsn,
+            "export",
+            "--output",
+            str(out),
+            "--format",
+            fmt,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     elapsed = time.perf_counter() - started
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))  # type: ignore[union-attr]
@@ -85,8 +104,10 @@ def main() -> None:
                 out = Path(tmp) / f"export.{fmt}"
                 elapsed, rss_kb, _ = run_export(server.dsn(), fmt, out)
                 size = out.stat().st_size
-                lines.append(f"| {fmt} | {args.rows:,} | {elapsed:.2f} | {args.rows / elapsed:,.0f} | "
-                             f"{rss_kb / 1024:.0f} MB | {size / 2**20:.0f} MB |")
+                lines.append(
+                    f"| {fmt} | {args.rows:,} | {elapsed:.2f} | {args.rows / elapsed:,.0f} | "
+                    f"{rss_kb / 1024:.0f} MB | {size / 2**20:.0f} MB |"
+                )
                 print(lines[-1], flush=True)
     finally:
         server.stop()
