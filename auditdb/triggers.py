@@ -192,11 +192,15 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
     soft_sql = None
     if soft_delete:
         col = next(c for c in columns if c.name == soft_delete)
-        ident = _ident(soft_delete)
+        # Set means true for a boolean column, not null for any other (a deletion timestamp).
         soft_sql = (
-            f"(o.{ident} is not true and n.{ident} is true)"
-            if col.type == "boolean"
-            else f"(o.{ident} is null and n.{ident} is not null)"
+            (
+                sql.SQL("(o.{c} is not true and n.{c} is true)")
+                if col.type == "boolean"
+                else sql.SQL("(o.{c} is null and n.{c} is not null)")
+            )
+            .format(c=sql.Identifier(soft_delete))
+            .as_string()
         )
     function = capture_function_name(cfg.schema, cfg.table)
     context = {
@@ -211,11 +215,14 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
                 "lit": _lit(c.name),
                 "mask": c.mask,
                 "ignored": c.ignored,
+                # Types without equality (json, xml, point…) are compared as text.
                 "changed": (
-                    f"o.{_ident(c.name)} is distinct from n.{_ident(c.name)}"
+                    sql.SQL("o.{c} is distinct from n.{c}")
                     if c.comparable
-                    else f"o.{_ident(c.name)}::text is distinct from n.{_ident(c.name)}::text"
-                ),
+                    else sql.SQL("o.{c}::text is distinct from n.{c}::text")
+                )
+                .format(c=sql.Identifier(c.name))
+                .as_string(),
             }
             for c in columns
         ],

@@ -196,3 +196,13 @@ def test_session_time_zone_changes_nothing_stored(items: psycopg.Connection[Any]
     items.execute("reset datestyle")
     [e] = entries(items)
     assert e["changes"]["gone_at"] == {"new": "2026-01-02T03:04:05+00:00"}
+
+
+def test_types_without_equality_are_compared_as_text(conn: psycopg.Connection[Any], track: Track) -> None:
+    track("create table docs (id int primary key, body json, pos point)", '[tables."public.docs"]\n')
+    conn.execute("""insert into docs values (1, '{"a": 1}', '(1,2)')""")
+    conn.execute("""update docs set body = '{"a": 1}'""")  # same text: nothing changed
+    conn.execute("""update docs set body = '{"a": 2}', pos = '(3,4)'""")
+    create, update = entries(conn)
+    assert create["changes"]["body"] == {"new": {"a": 1}}
+    assert update["changes"] == {"body": {"old": {"a": 1}, "new": {"a": 2}}, "pos": {"old": "(1,2)", "new": "(3,4)"}}
