@@ -126,6 +126,10 @@ def where_clause(filters: Filters, before_id: int | None = None) -> tuple[sql.Co
     return sql.SQL(" and ").join(parts), params
 
 
+def _select_list() -> sql.Composable:
+    return _select_list()
+
+
 def fetch(
     conn: psycopg.Connection[Any], filters: Filters, *, limit: int = 50, before_id: int | None = None
 ) -> list[dict[str, Any]]:
@@ -133,7 +137,7 @@ def fetch(
     where, params = where_clause(filters, before_id)
     query = sql.SQL(
         "select {cols} from auditdb.log l where {where} order by l.occurred_at desc, l.id desc limit %s"
-    ).format(cols=sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS), where=where)
+    ).format(cols=_select_list(), where=where)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, [*params, limit]).fetchall()
 
@@ -141,9 +145,7 @@ def fetch(
 def get_entry(conn: psycopg.Connection[Any], entry_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            sql.SQL("select {} from auditdb.log l where l.id = %s").format(
-                sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS)
-            ),
+            sql.SQL("select {} from auditdb.log l where l.id = %s").format(_select_list()),
             (entry_id,),
         ).fetchone()
 
@@ -155,7 +157,7 @@ def history(conn: psycopg.Connection[Any], entity_type: str, entity_id: str) -> 
             sql.SQL(
                 "select {} from auditdb.log l where l.entity_type = %s "
                 "and (l.entity_id = %s or l.metadata->>'previous_id' = %s) order by l.occurred_at, l.id"
-            ).format(sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS)),
+            ).format(_select_list()),
             (entity_type, entity_id, entity_id),
         ).fetchall()
 

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import add_server_option, finish, pick_server
 from psycopg import sql
 
 from auditdb.config import parse_config
-from auditdb.embedded import LocalServer, find_bindirs, server_version
+from auditdb.embedded import LocalServer, server_version
 from auditdb.install import install
 from auditdb.triggers import apply
 
@@ -148,9 +149,8 @@ def pgbench(server: LocalServer, table: str, rows: int, seconds: int, workdir: P
 
 
 def run(args: argparse.Namespace) -> str:
-    bindirs = find_bindirs()
-    key = args.server or next((k for k in bindirs if k.startswith("system")), next(iter(bindirs)))
-    server = LocalServer(bindirs[key], settings=dict(SETTINGS)).start()
+    key, bindir = pick_server(args.server)
+    server = LocalServer(bindir, settings=dict(SETTINGS)).start()
     rows = {"rows": args.rows}
     results: dict[str, list[float]] = {}
     sizes: dict[str, float] = {}
@@ -262,16 +262,12 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", help="which PostgreSQL (default: the system one): " + ", ".join(find_bindirs()))
+    add_server_option(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=30, help="pgbench duration per W1 round")
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--output", type=Path, help="also write the report here (e.g. bench/RESULTS.md)")
     args = parser.parse_args()
-    text = run(args)
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    finish([run(args).rstrip("\n")], args.output)
 
 
 if __name__ == "__main__":

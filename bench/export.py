@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import psycopg
+from common import add_server_option, finish, pick_server
 
-from auditdb.embedded import LocalServer, find_bindirs, server_version
+from auditdb.embedded import LocalServer, server_version
 from auditdb.install import install
 
 SETTINGS = {
@@ -73,13 +74,11 @@ def run_export(dsn: str, fmt: str, out: Path) -> tuple[float, int, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", help="which PostgreSQL (default: the system one): " + ", ".join(find_bindirs()))
+    add_server_option(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    bindirs = find_bindirs()
-    key = args.server or next((k for k in bindirs if k.startswith("system")), next(iter(bindirs)))
-    server = LocalServer(bindirs[key], settings=dict(SETTINGS)).start()
+    key, bindir = pick_server(args.server)
+    server = LocalServer(bindir, settings=dict(SETTINGS)).start()
     lines = []
     try:
         install(server.dsn())
@@ -111,10 +110,7 @@ def main() -> None:
                 print(lines[-1], flush=True)
     finally:
         server.stop()
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    finish(lines, args.output)
 
 
 if __name__ == "__main__":

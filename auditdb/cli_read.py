@@ -1,0 +1,264 @@
+"""The reading and access commands of the CLI: log, show, history, export, grant, revoke."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import UTC
+from typing import Any
+
+import click
+import psycopg
+
+from auditdb import db
+from auditdb.cli import _connection, cli
+from auditdb.errors import AuditDBError
+from auditdb.render import safe
+
+
+def _filter_options(f: Any) -> Any:
+    """The filters `log` and `export` share."""
+    options = [
+        click.option(
+            "--since", metavar="TIME", help="From TIME: ISO date/date-time (UTC) or relative: 30m, 12h, 7d, 2w."
+        ),
+        click.option("--until", metavar="TIME", help="Before TIME (same forms as --since)."),
+        click.option("--action", "actions", multiple=True, metavar="ACTION", help="Only this action (repeatable)."),
+        click.option(
+            "--entity-type", "entity_types", multiple=True, metavar="TYPE", help="Only this entity type (repeatable)."
+        ),
+        click.option("--entity-id", metavar="ID", help="Only this entity id."),
+        click.option("--user", metavar="WHO", help="Actor id, e-mail or name."),
+        click.option("--project", metavar="ID", help="Only this project."),
+        click.option("--tenant", metavar="ID", help="Only this tenant."),
+        click.option("--search", metavar="TEXT", help="Text in entity name, entity id or actor e-mail."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _filters(kwargs: dict[str, Any]) -> Any:
+    from auditdb.query import Filters, parse_time
+
+    for action in kwargs["actions"]:
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", action):
+            raise click.BadParameter(f"{action!r} is not an action name (e.g. LOGIN_FAILED)", param_hint="--action")
+    times = {}
+    for key in ("since", "until"):
+        if kwargs[key]:
+            try:
+                times[key] = parse_time(kwargs[key])
+            except AuditDBError as e:
+                raise click.BadParameter(str(e), param_hint=f"--{key}") from None
+    return Filters(
+        since=times.get("since"),
+        until=times.get("until"),
+        actions=tuple(kwargs["actions"]),
+        entity_types=tuple(kwargs["entity_types"]),
+        entity_id=kwargs["entity_id"],
+        user=kwargs["user"],
+        project=kwargs["project"],
+        tenant=kwargs["tenant"],
+        search=kwargs["search"],
+    )
+
+
+def _reader_error(e: psycopg.Error, conn_user: str) -> AuditDBError:
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return AuditDBError(
+            f"permission denied: role {conn_user} can read the log only as a member of "
+            "auditdb_admin or auditdb_viewer (auditdb grant ROLE --admin | --viewer --tenant T)"
+        )
+    return db.describe_error(e)
+
+
+@cli.command(name="log")
+@_filter_options
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
+@click.option("--before-id", type=int, metavar="ID", help="Page on: entries older than entry ID.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.pass_context
+def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, **kwargs: Any) -> None:
+    """Show entries, newest first, filtered; --before-id pages on.
+
+    `table` fits 100 columns; `json` is one array of objects keyed by auditdb.log's columns;
+    `csv` has the same header and columns as `export`. Stored control characters and escape
+    sequences are shown escaped, never raw.
+    """
+    import csv as csvmod
+    import json
+
+    from auditdb.export import CSV_HEADER, csv_rows, json_ready
+    from auditdb.query import fetch
+
+    filters = _filters(kwargs)
+    with _connection(ctx) as conn:
+        try:
+            rows = fetch(conn, filters, limit=limit, before_id=before_id)
+        except psycopg.Error as e:
+            raise _reader_error(e, conn.info.user) from e
+    if fmt == "json":
+        click.echo(json.dumps([json_ready(r) for r in rows], ensure_ascii=True, indent=1, default=str))
+    elif fmt == "csv":
+        out = csvmod.writer(sys.stdout, lineterminator="\n")
+        out.writerow(CSV_HEADER)
+        out.writerows([[safe(c) for c in row] for row in csv_rows(rows)])
+    else:
+        click.echo(f"{'ID':>7} {'TIME (UTC)':<19} {'ACTION':<17} {'ENTITY':<22} {'NAME':<16} {'USER':<14}")
+        for r in rows:
+            entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
+            user = r["actor_email"] or r["actor_id"] or "-"
+            click.echo(
+                f"{r['id']:>7} {r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} {_cut(r['action'], 17):<17} "
+                f"{_cut(entity, 22):<22} {_cut(r['entity_name'] or '', 16):<16} {_cut(user, 14):<14}".rstrip()
+            )
+        if len(rows) == limit:
+            click.echo(f"(more: --before-id {rows[-1]['id']})", err=True)
+
+
+def _cut(text: str, width: int) -> str:
+    text = safe(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command()
+@click.argument("entry_id", type=int)
+@click.pass_context
+def show(ctx: click.Context, entry_id: int) -> None:
+    """Show one entry in full, each change as `field: old → new` (masked values stay masked)."""
+    from auditdb.query import COLUMNS, get_entry
+    from auditdb.render import change_lines
+
+    with _connection(ctx) as conn:
+        try:
+            entry = get_entry(conn, entry_id)
+        except psycopg.Error as e:
+            raise _reader_error(e, conn.info.user) from e
+    if entry is None:
+        raise AuditDBError(f"no entry {entry_id} (or not visible to this role)")
+    for key in (c for c in COLUMNS if c not in ("changes", "metadata")):
+        value = entry[key]
+        if key == "occurred_at":
+            value = value.astimezone(UTC).isoformat()
+        click.echo(f"{key:<12} {safe(str(value)) if value is not None else '-'}")
+    import json
+
+    click.echo(f"{'metadata':<12} {safe(json.dumps(entry['metadata'], ensure_ascii=False, sort_keys=True))}")
+    lines = change_lines(entry["changes"])
+    click.echo("changes" + ("" if lines else "      -"))
+    for line in lines:
+        click.echo(f"  {line}")
+
+
+@cli.command()
+@click.argument("entity_type")
+@click.argument("entity_id")
+@click.option("--as-of", metavar="TIME", help="Print the entity's (masked) state at TIME, rebuilt from the log.")
+@click.pass_context
+def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | None) -> None:
+    """An entity's timeline, oldest first; --as-of rebuilds its state at a moment."""
+    from auditdb.query import history as entity_history
+    from auditdb.query import parse_time, state_at
+    from auditdb.render import change_lines, value_text
+
+    moment = None
+    if as_of:
+        try:
+            moment = parse_time(as_of)
+        except AuditDBError as e:
+            raise click.BadParameter(str(e), param_hint="--as-of") from None
+    with _connection(ctx) as conn:
+        try:
+            entries = entity_history(conn, entity_type, entity_id)
+        except psycopg.Error as e:
+            raise _reader_error(e, conn.info.user) from e
+    if moment is not None:
+        state, note = state_at(entries, moment)
+        click.echo(f"{safe(entity_type)} {safe(entity_id)}: {note}")
+        for field, value in sorted((state or {}).items()):
+            click.echo(f"  {safe(field)}: {value_text(value)}")
+        if state is None and not entries:
+            ctx.exit(1)
+        return
+    if not entries:
+        raise AuditDBError(f"no entries for {entity_type} {entity_id} (or not visible to this role)")
+    for entry in entries:
+        who = entry["actor_email"] or entry["actor_id"] or "system"
+        when = entry["occurred_at"].astimezone(UTC)
+        click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {entry['action']}  by {safe(who)}")
+        for line in change_lines(entry["changes"]):
+            click.echo(f"    {line}")
+
+
+@cli.command(name="export")
+@_filter_options
+@click.option("--output", "-o", required=True, metavar="FILE|-", help="Where to write (- for standard output).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--actor",
+    envvar="AUDITDB_ACTOR",
+    help="Who exports (logged as actor_id; default $AUDITDB_ACTOR, else the database user).",
+)
+@click.pass_context
+def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, **kwargs: Any) -> None:
+    """Stream matching entries to a file, newest first, with constant memory; log DATA_EXPORTED.
+
+    csv: the SPEC's header and columns, UTC ISO-8601 times, cells a spreadsheet would run as
+    formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A failed
+    export leaves no file under the target name.
+    """
+    from auditdb.export import export
+
+    filters = _filters(kwargs)
+    show_progress = output != "-" and sys.stderr.isatty()
+
+    def progress(rows: int) -> None:
+        if show_progress:
+            click.echo(f"\r  {rows:,} rows…", nl=False, err=True)
+
+    with _connection(ctx) as conn:
+        try:
+            rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
+        except psycopg.Error as e:
+            raise _reader_error(e, conn.info.user) from e
+    if show_progress:
+        click.echo("", err=True)
+    if output != "-":
+        click.echo(f"exported {rows} entries to {output} ({fmt}); logged as DATA_EXPORTED", err=True)
+
+
+def _access_options(f: Any) -> Any:
+    f = click.option("--tenant", "tenants", multiple=True, metavar="T", help="With --viewer: a tenant (repeatable).")(f)
+    f = click.option("--writer", "kind", flag_value="writer", help="May set the context and emit events.")(f)
+    f = click.option("--viewer", "kind", flag_value="viewer", help="Reads entries of its tenant(s).")(f)
+    f = click.option("--admin", "kind", flag_value="admin", help="Reads everything, exports, manages partitions.")(f)
+    return click.argument("role")(f)
+
+
+@cli.command(name="grant")
+@_access_options
+@click.pass_context
+def grant_cmd(ctx: click.Context, role: str, kind: str | None, tenants: tuple[str, ...]) -> None:
+    """Let ROLE read (--admin, or --viewer bound to --tenant T…) or emit (--writer); logged as PERMISSION_GRANT."""
+    from auditdb.access import grant
+
+    if kind is None:
+        raise click.UsageError("say what to grant: --admin, --viewer [--tenant T …] or --writer")
+    with _connection(ctx) as conn:
+        grant(conn, role, kind, tenants)
+    click.echo(f"granted auditdb_{kind} to {role}" + (f" for tenant(s) {', '.join(tenants)}" if tenants else ""))
+
+
+@cli.command(name="revoke")
+@_access_options
+@click.pass_context
+def revoke_cmd(ctx: click.Context, role: str, kind: str | None, tenants: tuple[str, ...]) -> None:
+    """Take back what grant gave (--viewer --tenant T removes only those tenants); logged as PERMISSION_REVOKE."""
+    from auditdb.access import revoke
+
+    if kind is None:
+        raise click.UsageError("say what to revoke: --admin, --viewer [--tenant T …] or --writer")
+    with _connection(ctx) as conn:
+        revoke(conn, role, kind, tenants)
+    click.echo(f"revoked auditdb_{kind} from {role}" + (f" for tenant(s) {', '.join(tenants)}" if tenants else ""))
