@@ -127,7 +127,7 @@ def where_clause(filters: Filters, before_id: int | None = None) -> tuple[sql.Co
 
 
 def _select_list() -> sql.Composable:
-    return _select_list()
+    return sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS)
 
 
 def fetch(
