@@ -165,3 +165,11 @@ def test_events_are_logged_in_queue_order_with_a_heartbeat(conn: psycopg.Connect
     assert ids == list(range(1200))
     beat = conn.execute("select worker, processed from auditdb.worker_heartbeat").fetchone()
     assert beat == (worker.name, 1200)
+
+
+def test_worker_keeps_partitions_ahead(conn: psycopg.Connection[Any], dsn: str) -> None:
+    furthest = scalar(conn, "select 'log_' || to_char(auditdb.month_start(3) at time zone 'UTC', 'YYYY_MM')")
+    conn.execute(f"drop table auditdb.{furthest}")
+    assert scalar(conn, "select to_regclass(%s)", (f"auditdb.{furthest}",)) is None
+    Worker(dsn).run(once=True)
+    assert scalar(conn, "select to_regclass(%s)::text", (f"auditdb.{furthest}",)) == f"auditdb.{furthest}"
