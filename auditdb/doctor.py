@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from auditdb.config import Config
+from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, installed_version
 from auditdb.triggers import State, event_trigger_status, status
 
@@ -67,16 +68,20 @@ def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Che
     )
 
     if config is not None:
-        tables = status(conn, config)
-        drift = [t for t in tables if t.state is not State.INSTALLED and not t.table.startswith("event trigger")]
-        checks.append(
-            Check(
-                "tracked tables",
-                "fail" if drift else "ok",
-                "; ".join(f"{t.table} {t.state.value}" for t in drift)
-                or f"{len(config.tables)} table(s) match the config",
+        try:
+            tables = status(conn, config)
+        except AuditDBError as e:  # e.g. a configured table renamed or dropped
+            checks.append(Check("tracked tables", "fail", f"{e}; fix auditdb.toml, then `auditdb apply`"))
+        else:
+            drift = [t for t in tables if t.state is not State.INSTALLED and not t.table.startswith("event trigger")]
+            checks.append(
+                Check(
+                    "tracked tables",
+                    "fail" if drift else "ok",
+                    "; ".join(f"{t.table} {t.state.value}" for t in drift)
+                    or f"{len(config.tables)} table(s) match the config",
+                )
             )
-        )
     else:
         count = _one(conn, "select count(*) from auditdb.tracked_tables")
         checks.append(Check("tracked tables", "warn", f"no config given; {count} table(s) tracked (pass --config)"))
