@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from typing import Any
@@ -31,49 +32,80 @@ def _replay(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def test_rollback_fidelity_over_2000_random_transactions(conn: psycopg.Connection[Any], dsn: str, track: Track) -> None:
-    track(KV, KV_TOML)
+# Tables of the example schema without foreign keys between them, and how to change them.
+OPS = {
+    "tags": (
+        "insert into tags (id, tenant_id, name) values (%(k)s, 't1', 'tag ' || %(k)s) on conflict (id) do nothing",
+        "update tags set name = name || '+' where id between %(k)s and %(k)s + 3",
+        "delete from tags where id = %(k)s",
+        "update tags set id = %(k)s + 1000 where id = %(k)s and not exists (select from tags where id = %(k)s + 1000)",
+    ),
+    "email_domains": (
+        "insert into email_domains (id, tenant_id, domain) values (%(k)s, 't1', 'd' || %(k)s || '.com') "
+        "on conflict (id) do nothing",
+        "update email_domains set allowed = not allowed where id between %(k)s and %(k)s + 3",
+        "delete from email_domains where id = %(k)s",
+        "update email_domains set is_missing = 1 where false",
+    ),
+    "app_config": (
+        "insert into app_config values ('k' || %(k)s, 't1', to_jsonb(%(k)s)) on conflict do nothing",
+        "update app_config set value = to_jsonb(coalesce(value::int, 0) + 1) "
+        "where key in ('k' || %(k)s, 'k' || %(k)s + 1)",
+        "delete from app_config where key = 'k' || %(k)s",
+        "update app_config set key = 'k' || %(k)s + 1000 where key = 'k' || %(k)s "
+        "and not exists (select from app_config where key = 'k' || %(k)s + 1000)",
+    ),
+}
+ENTITY = {"tags": "Tag", "email_domains": "EmailDomain", "app_config": "AppConfig"}
+
+
+def test_rollback_fidelity_over_5000_random_transactions(conn: psycopg.Connection[Any], dsn: str, example: Any) -> None:
     rng = random.Random(7)
-    committed_changes = 0
+    committed = 0
     with psycopg.connect(dsn) as app:
-        for _ in range(2000):
+        for _ in range(5000):
             changed = 0
             rolled_back = rng.random() < 0.5
             try:
                 with app.transaction():
                     for _ in range(rng.randint(1, 4)):
+                        table = rng.choice(sorted(OPS))
                         op = rng.random()
-                        k = rng.randint(1, 60)
-                        if op < 0.35:
-                            cur = app.execute("insert into kv values (%s, %s) on conflict (id) do nothing", (k, k))
-                        elif op < 0.6:
-                            cur = app.execute("update kv set v = v + 1 where id between %s and %s", (k, k + 3))
-                        elif op < 0.75:
-                            cur = app.execute("delete from kv where id = %s", (k,))
-                        elif op < 0.85:
-                            cur = app.execute(
-                                "update kv set id = %s where id = %s and not exists (select from kv where id = %s)",
-                                (k + 100, k, k + 100),
-                            )
+                        params = {"k": rng.randint(1, 40)}
+                        if op < 0.85:
+                            statement = OPS[table][0 if op < 0.35 else 1 if op < 0.6 else 2 if op < 0.75 else 3]
+                            if "is_missing" in statement:
+                                continue
+                            changed += app.execute(statement, params).rowcount
                         else:
                             try:
                                 with app.transaction():  # a savepoint rolled back
-                                    app.execute("update kv set v = -1")
+                                    app.execute(f"update {table} set tenant_id = 'x'")  # noqa: S608
                                     raise RuntimeError
                             except RuntimeError:
                                 pass
-                            continue
-                        changed += cur.rowcount
                     if rolled_back:
                         raise psycopg.Rollback()  # swallowed by the transaction block
                 if not rolled_back:
-                    committed_changes += changed
+                    committed += changed
             except psycopg.errors.UniqueViolation:
                 pass
     log = entries(conn)
-    assert len(log) == committed_changes
-    table = {str(r[0]): {"id": r[0], "v": r[1], "actor": r[2]} for r in conn.execute("select * from kv")}
-    assert _replay(log) == table
+    print(f"5000 transactions: {committed} committed row changes, {len(log)} entries")
+    assert len(log) == committed
+    for table, entity_type in ENTITY.items():
+        key = "(tenant_id, key)" if table == "app_config" else "id"
+        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            rows = cur.execute(f"select * from {table} order by {key}").fetchall()  # noqa: S608
+        expected = {}
+        for r in rows:
+            ident = (
+                json.dumps({"key": r["key"], "tenant_id": r["tenant_id"]}, separators=(", ", ": "))
+                if table == "app_config"
+                else str(r["id"])
+            )
+            expected[ident] = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
+        assert _replay([e for e in log if e["entity_type"] == entity_type]) == expected, table
 
 
 def test_attribution_under_concurrency(conn: psycopg.Connection[Any], dsn: str, track: Track) -> None:
@@ -83,7 +115,7 @@ def test_attribution_under_concurrency(conn: psycopg.Connection[Any], dsn: str, 
     def work(worker: int) -> None:
         rng = random.Random(worker)
         with psycopg.connect(dsn) as app:
-            for n in range(250):
+            for n in range(1000):
                 actor = None if rng.random() < 0.2 else f"w{worker}-a{rng.randint(0, 9)}"
                 k = rng.randint(1, 400)
                 with app.transaction():
@@ -98,7 +130,7 @@ def test_attribution_under_concurrency(conn: psycopg.Connection[Any], dsn: str, 
     for t in threads:
         t.join()
     log = entries(conn, "action = 'UPDATE'")
-    assert len(log) == 8 * 250  # every transaction changed v, so each wrote one entry
+    assert len(log) == 8 * 1000  # every transaction changed v, so each wrote one entry
     wrong = 0
     for e in log:
         writer = e["changes"]["actor"]["new"] if "actor" in e["changes"] else None
@@ -106,4 +138,5 @@ def test_attribution_under_concurrency(conn: psycopg.Connection[Any], dsn: str, 
             continue
         expected = None if writer.startswith("none-") else writer
         wrong += (e["actor_id"], e["tenant_id"]) != (expected, expected)
+    print(f"8 x 1000 transactions: {len(log)} entries, {wrong} attributed to the wrong actor")
     assert wrong == 0
