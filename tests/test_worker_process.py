@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,14 +16,7 @@ import pytest
 import auditdb
 from tests.fix_db import scalar
 from tests.fix_server import Server
-
-
-def _start(dsn: str, log: Path) -> subprocess.Popen[bytes]:
-    """A worker process writing its log to a file (a pipe nobody reads would block it)."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "auditdb", "--dsn", dsn, "worker", "--poll-interval", "0.2"], stdout=out, stderr=out
-        )
+from tests.fix_worker import drain, start_worker
 
 
 def _count(conn: psycopg.Connection[Any], action: str = "LOGIN") -> int:
@@ -34,7 +25,7 @@ def _count(conn: psycopg.Connection[Any], action: str = "LOGIN") -> int:
 
 def test_sigterm_finishes_and_exits_zero(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
-    worker = _start(dsn, log)
+    worker = start_worker(dsn, log)
     try:
         auditdb.emit(conn, "LOGIN", entity_id="1")
         deadline = time.monotonic() + 10
@@ -69,14 +60,14 @@ def test_kill_9_twenty_times_while_4_connections_emit_5000_events(
         t.start()
     rng = random.Random(20)
     kills = 0
-    worker = _start(dsn, log)
+    worker = start_worker(dsn, log)
     try:
         while kills < 20:
             time.sleep(rng.uniform(0.05, 0.4))
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
             kills += 1
-            worker = _start(dsn, log)
+            worker = start_worker(dsn, log)
         for t in threads:
             t.join()
         os.kill(worker.pid, signal.SIGKILL)
@@ -84,14 +75,7 @@ def test_kill_9_twenty_times_while_4_connections_emit_5000_events(
     finally:
         worker.kill()
         worker.wait()
-    drain = subprocess.run(
-        [sys.executable, "-m", "auditdb", "--dsn", dsn, "worker", "--once"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert drain.returncode == 0, drain.stderr
+    drain(dsn)
     assert kills == 20
     row = conn.execute("""select count(*), count(distinct (metadata->>'n')::int), min((metadata->>'n')::int),
                                  max((metadata->>'n')::int)
@@ -106,7 +90,7 @@ def test_worker_survives_a_server_restart(
     if pg_server.local is None:
         pytest.skip("needs a server the suite started")
     log = tmp_path / "worker.log"
-    worker = _start(dsn, log)
+    worker = start_worker(dsn, log)
     try:
         time.sleep(0.5)
         pg_server.local.restart()

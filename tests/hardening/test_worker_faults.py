@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,13 +15,7 @@ import pytest
 
 import auditdb
 from tests.fix_server import Server
-
-
-def _worker(dsn: str, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "auditdb", "--dsn", dsn, "worker", "--poll-interval", "0.2"], stdout=out, stderr=out
-        )
+from tests.fix_worker import drain, start_worker
 
 
 @pytest.mark.slow
@@ -72,7 +64,7 @@ def test_200_kills_10_killed_connections_and_10_restarts_lose_nothing(
     for t in threads:
         t.start()
     rng = random.Random(200)
-    worker = _worker(dsn, log)
+    worker = start_worker(dsn, log)
     kills = restarts = terminations = 0
     try:
         while kills < 200:
@@ -80,7 +72,7 @@ def test_200_kills_10_killed_connections_and_10_restarts_lose_nothing(
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
             kills += 1
-            worker = _worker(dsn, log)
+            worker = start_worker(dsn, log)
             if kills % 20 == 10:
                 time.sleep(0.3)
                 with psycopg.connect(dsn, autocommit=True) as admin:
@@ -99,14 +91,7 @@ def test_200_kills_10_killed_connections_and_10_restarts_lose_nothing(
     finally:
         worker.kill()
         worker.wait()
-    drain = subprocess.run(
-        [sys.executable, "-m", "auditdb", "--dsn", dsn, "worker", "--once"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert drain.returncode == 0, drain.stderr
+    drain(dsn)
     assert (kills, terminations, restarts) == (200, 10, 10)
     with psycopg.connect(dsn) as check:
         row = check.execute("""select count(*), count(distinct (metadata->>'n')::int) from auditdb.log
