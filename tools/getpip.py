@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def main(venv: str) -> None:
     wheel = next(u for u in release["urls"] if u["packagetype"] == "bdist_wheel")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / wheel["filename"]
-        urllib.request.urlretrieve(wheel["url"], path)
+        # Mirrors may answer with addresses relative to the JSON document.
+        urllib.request.urlretrieve(urllib.parse.urljoin(INDEX, wheel["url"]), path)
         python = Path(venv) / "bin" / "python"
         # A pip wheel can run itself: python pip.whl/pip install pip
         subprocess.run([str(python), f"{path}/pip", "install", "--quiet", str(path)], check=True)
