@@ -36,6 +36,11 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(str(db.describe_error(e))) from e
+        except OSError as e:  # an output file or directory that cannot be written, say
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
 
@@ -65,6 +70,14 @@ def cli(ctx: click.Context, dsn: str | None, config_path: Path, debug: bool) -> 
     """
     ctx.ensure_object(dict)
     ctx.obj.update(dsn=dsn, config_path=config_path, debug=debug)
+
+
+def _optional_config(ctx: click.Context) -> Any:
+    """The config when the file exists (status and doctor work without one)."""
+    from auditdb.config import load_config
+
+    path: Path = ctx.obj["config_path"]
+    return load_config(path) if path.exists() else None
 
 
 @contextmanager
@@ -220,10 +233,9 @@ def status_cmd(ctx: click.Context) -> None:
     States: installed, outdated (config or auditdb changed, partitions without triggers),
     missing, disabled (a trigger not enabled ALWAYS), not in config (captured, not configured).
     """
-    from auditdb.config import load_config
     from auditdb.triggers import State, status
 
-    config = load_config(ctx.obj["config_path"]) if ctx.obj["config_path"].exists() else None
+    config = _optional_config(ctx)
     with _connection(ctx) as conn:
         rows = status(conn, config)
     if config is None:
@@ -288,10 +300,9 @@ def doctor(ctx: click.Context) -> None:
     config (when ./auditdb.toml or --config exists), worker heartbeat, event queue backlog,
     partitions for this month and the next 2, and an empty default partition.
     """
-    from auditdb.config import load_config
     from auditdb.doctor import run_checks
 
-    config = load_config(ctx.obj["config_path"]) if ctx.obj["config_path"].exists() else None
+    config = _optional_config(ctx)
     with _connection(ctx, installed=False) as conn:
         checks = run_checks(conn, config)
     for check in checks:

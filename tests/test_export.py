@@ -114,3 +114,15 @@ def test_failed_export_leaves_no_file(conn: psycopg.Connection[Any], hostile: No
         export(conn, Filters(since="not a time"), str(out))  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
     assert audit_entries(conn, "action = 'DATA_EXPORTED'") == []
+
+
+def test_unwritable_output_is_one_line_and_logs_nothing(
+    conn: psycopg.Connection[Any], dsn: str, hostile: None, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    for target in (tmp_path / "missing" / "x.csv", tmp_path / "a-file" / "x.csv"):
+        result = CliRunner().invoke(cli, ["--dsn", dsn, "export", "--output", str(target)])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+    assert audit_entries(conn, "action = 'DATA_EXPORTED'") == []
