@@ -28,7 +28,7 @@ __all__ = [
 VERSION_TABLE = "alembic_version"
 VERSION_TABLE_SCHEMA = "auditdb"
 # The newest revision in migrations/versions; test_install checks it against alembic's head.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 SCHEMA_SQL = "create schema if not exists auditdb"
 INSTALL_LOCK_SQL = "select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.install'))"
 
@@ -82,8 +82,8 @@ def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | Non
     return str(version[0]) if version else None
 
 
-def install(dsn: str | None = None) -> tuple[str | None, str]:
-    """Create or upgrade schema auditdb; returns the versions before and after.
+def install(dsn: str | None = None, target: str = "head") -> tuple[str | None, str]:
+    """Create or upgrade schema auditdb (to the head revision, or target); returns the versions before and after.
 
     Idempotent: at the head revision it changes nothing.
     """
@@ -101,7 +101,7 @@ def install(dsn: str | None = None) -> tuple[str | None, str]:
             sa_conn.rollback()
             cfg = _config()
             cfg.attributes["connection"] = sa_conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, target)
             sa_conn.commit()
             after = installed_version(driver)
     except sqlalchemy.exc.DBAPIError as e:

@@ -49,6 +49,7 @@ FROZEN_SQL = {
     "0001_partitions.sql": "d811916419eb9e496e9a071d3fb2ba028650396979105084b0f33614ece0926c",
     "0001_queue.sql": "79be3d96d8413ae58778d7720e29221c3014b40d3ee2b3136a54f7ed00e2b761",
     "0001_roles.sql": "b94409619b79a9d23d87e39c7fcca0ff4e130de00163682bc4d05883fc6b3d0d",
+    "0002_capture.sql": "d0035c97f6b23c470d2c973dc7cc9c75c828ea9b6d6f5ffa27bdee27a8f24287",
 }
 
 
@@ -103,6 +104,18 @@ def test_install_twice_is_a_noop(empty_db: str) -> None:
             "select oid, relname from pg_class where relnamespace = 'auditdb'::regnamespace order by oid"
         ).fetchall()
     assert after == before
+
+
+def test_install_upgrades_an_older_schema(empty_db: str) -> None:
+    # A database left at the first release moves to the head revision, and says so.
+    assert install(empty_db, target="0001") == (None, "0001")
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    assert f"upgraded auditdb from schema version 0001 to {HEAD_REVISION}" in result.output
+    with psycopg.connect(empty_db) as conn:
+        assert scalar(conn, "select version_num from auditdb.alembic_version") == HEAD_REVISION
+        source = scalar(conn, "select prosrc from pg_proc where oid = 'auditdb.capture_generic'::regproc")
+        assert "by_key" in source
 
 
 def test_install_keeps_existing_roles(empty_db: str, conn: psycopg.Connection[Any]) -> None:
