@@ -21,7 +21,7 @@ from auditdb.names import CAPTURE_TRIGGERS, capture_function_name, qualified
 __all__ = ["ApplyResult", "State", "TablePlan", "TableStatus", "apply", "plan_tables", "render_sql", "status"]
 
 # Bump when the template's output changes, so `status` calls existing installs outdated.
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"
 SIGNATURE_PREFIX = "auditdb:"
 
 
