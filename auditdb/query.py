@@ -150,15 +150,19 @@ def get_entry(conn: psycopg.Connection[Any], entry_id: int) -> dict[str, Any] | 
         ).fetchone()
 
 
+# The entity's own entries and the one that changed its key to another, both found by index (the
+# previous_id side is spelled as its partial index is, in revision 0003).
+HISTORY_SQL = (
+    "select * from auditdb.log l where l.entity_type = %s and (l.entity_id = %s"
+    " or (l.metadata ? 'previous_id' and l.metadata->>'previous_id' = %s)) order by l.occurred_at, l.id"
+)
+
+
 def history(conn: psycopg.Connection[Any], entity_type: str, entity_id: str) -> list[dict[str, Any]]:
     """The entity's entries, oldest first (following key changes through metadata.previous_id)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            sql.SQL(
-                "select {} from auditdb.log l where l.entity_type = %s "
-                "and (l.entity_id = %s or l.metadata->>'previous_id' = %s) order by l.occurred_at, l.id"
-            ).format(_select_list()),
-            (entity_type, entity_id, entity_id),
+            sql.SQL(HISTORY_SQL.replace("*", "{}", 1)).format(_select_list()), (entity_type, entity_id, entity_id)
         ).fetchall()
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from auditdb.cli import cli
 from auditdb.export import CSV_HEADER
+from auditdb.query import HISTORY_SQL, history
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -194,3 +195,26 @@ def test_history_says_when_the_log_does_not_reach_back(dsn: str, seeded: list[in
     assert result.exit_code == 0
     assert "does not reach back far enough" in result.output
     assert "name: Login works" in result.output
+
+
+def test_history_follows_a_key_change_through_indexes(conn: psycopg.Connection[Any], track: Any) -> None:
+    track("create table keyed (code text primary key, v int)", '[tables."public.keyed"]\n')
+    conn.execute("insert into keyed values ('a', 1)")
+    conn.execute("update keyed set code = 'b'")
+    conn.execute("update keyed set v = 2")
+    assert [e["action"] for e in history(conn, "Keyed", "a")] == ["CREATE", "UPDATE"]
+    assert [e["action"] for e in history(conn, "Keyed", "b")] == ["UPDATE", "UPDATE"]
+    # With many entries of the type, `history` finds the entity's own entries and the key change
+    # through two indexes instead of filtering every entry of the type; `show` uses the id index.
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id) "
+            "select 'UPDATE', 'Keyed', 'k' || g from generate_series(1, 20000) g"
+        )
+        conn.execute("analyze auditdb.log")
+        conn.execute("set local enable_seqscan = off")
+        history_plan = "\n".join(r[0] for r in conn.execute(f"explain {HISTORY_SQL}", ("Keyed", "a", "a")))
+        assert "BitmapOr" in history_plan, history_plan
+        show_plan = "\n".join(r[0] for r in conn.execute("explain select * from auditdb.log where id = 1"))
+        assert "Seq Scan" not in show_plan, show_plan
