@@ -89,21 +89,25 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
     import csv as csvmod
     import json
 
-    from auditdb.export import CSV_HEADER, csv_rows, json_ready
+    from auditdb.export import CSV_HEADER, csv_lines, json_ready
     from auditdb.query import fetch
 
     filters = _filters(kwargs)
     with _connection(ctx) as conn:
         try:
-            rows = fetch(conn, filters, limit=limit, before_id=before_id)
+            if fmt == "csv":
+                lines = csv_lines(conn, filters, limit=limit, before_id=before_id)
+            else:
+                rows = fetch(conn, filters, limit=limit, before_id=before_id)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
     if fmt == "json":
         click.echo(json.dumps([json_ready(r) for r in rows], ensure_ascii=True, indent=1, default=str))
     elif fmt == "csv":
-        out = csvmod.writer(sys.stdout, lineterminator="\n")
-        out.writerow(CSV_HEADER)
-        out.writerows([[safe(c) for c in row] for row in csv_rows(rows)])
+        # The export's own rows (one layout), with control characters escaped as everywhere on a terminal.
+        csvmod.writer(sys.stdout, lineterminator="\n").writerow(CSV_HEADER)
+        for line in lines:
+            click.echo(safe(line.removesuffix("\n")))
     else:
         click.echo(f"{'ID':>7} {'TIME (UTC)':<19} {'ACTION':<17} {'ENTITY':<22} {'NAME':<16} {'USER':<14}")
         for r in rows:

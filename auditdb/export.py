@@ -17,7 +17,7 @@ from psycopg import sql
 
 from auditdb.query import COLUMNS, Filters, where_clause
 
-__all__ = ["CSV_HEADER", "csv_rows", "export", "json_ready", "neutralise"]
+__all__ = ["CSV_HEADER", "csv_lines", "export", "json_ready", "neutralise"]
 
 CSV_HEADER = [
     "Timestamp",
@@ -43,34 +43,6 @@ def neutralise(cell: str) -> str:
 
 def _utc(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _metadata(entry: dict[str, Any]) -> str:
-    meta = dict(entry["metadata"] or {})
-    if entry.get("changes"):
-        meta["changes"] = entry["changes"]
-    return json.dumps(meta, ensure_ascii=False, sort_keys=True)
-
-
-def csv_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
-    """The SPEC's CSV columns for entries (as fetched by auditdb.query), neutralised."""
-    rows = []
-    for e in entries:
-        cells = [
-            _utc(e["occurred_at"]),
-            e["action"],
-            e["entity_type"] or "",
-            e["entity_id"] or "",
-            e["entity_name"] or "",
-            e["actor_name"] or e["actor_id"] or "",
-            e["actor_email"] or "",
-            e["project_id"] or "",
-            str(e["ip"]) if e["ip"] else "",
-            e["user_agent"] or "",
-            _metadata(e),
-        ]
-        rows.append([neutralise(c) for c in cells])
-    return rows
 
 
 def json_ready(entry: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +153,16 @@ def _select(conn: psycopg.Connection[Any], fmt: str, where: sql.Composable) -> s
 
 def _join_jsonl(chunk: bytearray) -> bytearray:
     return chunk.replace(b"\x02", b"")
+
+
+def csv_lines(
+    conn: psycopg.Connection[Any], filters: Filters, *, limit: int, before_id: int | None = None
+) -> list[str]:
+    """The CSV rows export writes for matching entries (newest first, at most limit), one string each."""
+    where, params = where_clause(filters, before_id)
+    query = sql.SQL("copy ({} limit %s) to stdout (format csv)").format(_select(conn, "csv", where))
+    with conn.cursor() as cur, cur.copy(query, [*params, limit]) as copy:
+        return [bytes(row).decode(conn.info.encoding) for row in copy]
 
 
 def _keep(chunk: bytearray) -> bytearray:

@@ -155,6 +155,23 @@ def test_csv_format_shares_the_export_layout(dsn: str, seeded: list[int]) -> Non
     assert json.loads(rows[2][10])["changes"] == {"name": {"old": "Login", "new": "Login works"}}
 
 
+def test_csv_format_is_byte_for_byte_the_export(conn: psycopg.Connection[Any], dsn: str, seeded: list[int]) -> None:
+    # Metadata with numbers jsonb keeps as written, keys in jsonb's order, an address with a
+    # prefix and a formula: `log --format csv` prints exactly the cells `export` writes.
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            """insert into auditdb.log (action, entity_name, ip, metadata, changes)
+               values ('UPDATE', '=HYPERLINK(1)', '10.0.0.1/24', '{"zeta": 1.50, "a": [1e3]}',
+                       '{"n": {"old": 0.10, "new": 2}}')"""
+        )
+    logged = CliRunner().invoke(cli, ["--dsn", dsn, "log", "--format", "csv", "--limit", "100"])
+    exported = CliRunner().invoke(cli, ["--dsn", dsn, "export", "--format", "csv", "--output", "-"])
+    assert logged.exit_code == 0 and exported.exit_code == 0, (logged.output, exported.output)
+    assert logged.output == exported.output.split("exported ")[0]
+    assert "'=HYPERLINK(1)" in logged.output and '"zeta"": 1.50' in logged.output
+
+
 def test_show_prints_one_entry_with_changes(dsn: str, seeded: list[int]) -> None:
     result = CliRunner().invoke(cli, ["--dsn", dsn, "show", str(seeded[1])])
     assert result.exit_code == 0
