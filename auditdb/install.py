@@ -5,16 +5,18 @@ from __future__ import annotations
 import io
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from sqlalchemy.pool import NullPool
 
 from auditdb.db import describe_error, resolve_dsn
 from auditdb.errors import AuditDBError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic and SQLAlchemy are imported where they are used: every other command (and `doctor`,
+# which reads HEAD_REVISION) starts without loading them.
 
 __all__ = [
     "HEAD_REVISION",
@@ -64,12 +66,16 @@ def run_revision_sql(revision: str, concerns: list[str]) -> None:
 
 
 def _config(output: io.StringIO | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config(output_buffer=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(_migrations_dir()))
     return cfg
 
 
 def alembic_head() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
@@ -87,6 +93,10 @@ def install(dsn: str | None = None, target: str = "head") -> tuple[str | None, s
 
     Idempotent: at the head revision it changes nothing.
     """
+    import sqlalchemy
+    from alembic import command
+    from sqlalchemy.pool import NullPool
+
     conninfo = resolve_dsn(dsn)
     engine = sqlalchemy.create_engine(
         "postgresql+psycopg://",
@@ -126,6 +136,8 @@ def _install_error(e: psycopg.Error) -> AuditDBError:
 
 def install_sql() -> str:
     """The SQL `install` would run on an empty database (alembic's offline mode)."""
+    from alembic import command
+
     out = io.StringIO()
     command.upgrade(_config(out), "head", sql=True)
     return out.getvalue()
