@@ -23,6 +23,8 @@ log = logging.getLogger("auditdb.worker")
 
 CHANNEL = "auditdb_events"
 PARTITION_UPKEEP_SECONDS = 3600.0
+# A busy worker loops hundreds of times a second; its heartbeat (one committed write) need not.
+BEAT_SECONDS = 1.0
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Worker:
     _stop: bool = False
     _started: datetime = field(default_factory=lambda: datetime.now(UTC))
     _last_upkeep: float = 0.0
+    _last_beat: float = 0.0
 
     def stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Ask the worker to finish the batch in hand and return (the SIGTERM/SIGINT handler)."""
@@ -90,10 +93,11 @@ class Worker:
         while not self._stop:
             self._upkeep(conn)
             self._drain(conn)
-            self._beat(conn)
+            self._beat(conn, force=once)
             if once:
                 return True
             self._wait(conn)
+        self._beat(conn, force=True)
         return True
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:
@@ -117,12 +121,24 @@ class Worker:
                 return
             slice_ = min(remaining, 0.5)
             if self.listen:
+                woken = False
                 for _ in conn.notifies(timeout=slice_, stop_after=1):
+                    woken = True  # the generator runs to its end, so the connection is free again
+                if woken:
+                    # One drain serves every notification already here (one per emitted event):
+                    # take them now, for at most 1 ms in all, rather than waking once per event
+                    # to find the queue empty.
+                    for _ in conn.notifies(timeout=0.001):
+                        pass
                     return
             else:
                 time.sleep(slice_)
 
-    def _beat(self, conn: psycopg.Connection[Any]) -> None:
+    def _beat(self, conn: psycopg.Connection[Any], *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._last_beat and now - self._last_beat < BEAT_SECONDS:
+            return
+        self._last_beat = now
         conn.execute("select auditdb.worker_beat(%s, %s, %s)", (self.name, self._started, self.processed))
 
     def _upkeep(self, conn: psycopg.Connection[Any]) -> None:
