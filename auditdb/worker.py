@@ -33,7 +33,7 @@ class Worker:
 
     dsn: str | None = None
     batch_size: int = 500
-    poll_interval: float = 5.0
+    poll_interval: float = 0.5
     listen: bool = True
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     processed: int = 0
@@ -110,8 +110,8 @@ class Worker:
             self.processed += count
             lag = row[1].total_seconds() if row and row[1] is not None else 0.0
             log.info("logged %d event(s), oldest waited %.3f s", count, lag)
-            if count < self.batch_size:
-                return
+            # Drain again until the queue is empty: emitters send NOTIFY only into an empty queue
+            # (revision 0004), so while events keep coming the worker must not wait for one.
 
     def _wait(self, conn: psycopg.Connection[Any]) -> None:
         deadline = time.monotonic() + self.poll_interval
