@@ -263,8 +263,7 @@ def status_cmd(ctx: click.Context) -> None:
     type=click.FloatRange(0.05),
     default=0.5,
     show_default=True,
-    help="Seconds between polls when no notification comes; also the longest an event can wait when it "
-    "reaches the queue just as the worker goes to sleep.",
+    help="Seconds between polls when no notification comes (a fallback: each emit sends NOTIFY).",
 )
 @click.option("--no-listen", is_flag=True, help="Do not LISTEN; poll only.")
 @click.option("--name", help="Name in the heartbeat table (default host:pid).")

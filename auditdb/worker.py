@@ -110,8 +110,8 @@ class Worker:
             self.processed += count
             lag = row[1].total_seconds() if row and row[1] is not None else 0.0
             log.info("logged %d event(s), oldest waited %.3f s", count, lag)
-            # Drain again until the queue is empty: emitters send NOTIFY only into an empty queue
-            # (revision 0004), so while events keep coming the worker must not wait for one.
+            # Drain again until the queue is empty: the notifications for these events were taken
+            # with the first one, so waiting now would leave later ones to the next poll.
 
     def _wait(self, conn: psycopg.Connection[Any]) -> None:
         deadline = time.monotonic() + self.poll_interval

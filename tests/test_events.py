@@ -120,45 +120,6 @@ def test_notify_carries_only_the_queue_id_even_for_1mb_metadata(conn: psycopg.Co
     assert len(entries(conn)[0]["metadata"]["blob"]) == 1_000_000
 
 
-def test_notify_only_into_an_empty_queue(conn: psycopg.Connection[Any], dsn: str) -> None:
-    # NOTIFY serialises committing transactions, so emit wakes the worker only when no earlier
-    # event waits (the worker drains until the queue is empty, and polls as a fallback).
-    with psycopg.connect(dsn, autocommit=True) as listener:
-        listener.execute("listen auditdb_events")
-        first = auditdb.emit(conn, "LOGIN", entity_id="1")
-        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(first)]
-        auditdb.emit(conn, "LOGIN", entity_id="2")
-        assert list(listener.notifies(timeout=0.5)) == []
-        assert _drain(dsn) == 2
-        third = auditdb.emit(conn, "LOGIN", entity_id="3")
-        assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(third)]
-
-
-def test_an_event_missing_its_wakeup_waits_at_most_the_poll_interval(conn: psycopg.Connection[Any], dsn: str) -> None:
-    # An event emitted while an earlier one waits sends no NOTIFY. Keep the earlier one locked (as
-    # a worker mid-batch would), start a worker with the default poll interval: the later event
-    # still arrives, by the poll, within it.
-    auditdb.emit(conn, "LOGIN", entity_id="held")
-    worker = Worker(dsn)
-    assert worker.poll_interval == 0.5
-    with psycopg.connect(dsn) as holder:
-        holder.execute("select id from auditdb.event_queue for update")
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        try:
-            time.sleep(0.3)  # connected, drained (nothing it may take), waiting
-            with psycopg.connect(dsn, autocommit=True) as listener:
-                listener.execute("listen auditdb_events")
-                auditdb.emit(conn, "LOGIN", entity_id="late")
-                assert list(listener.notifies(timeout=0.2)) == []
-            assert _wait_for(conn, "entity_id = 'late'", timeout=5) < 1.0
-            holder.rollback()
-            assert _wait_for(conn, "entity_id = 'held'", timeout=5) < 1.0
-        finally:
-            worker.stop()
-            thread.join(timeout=10)
-
-
 def test_metadata_is_masked_like_columns(conn: psycopg.Connection[Any], dsn: str, track: Track) -> None:
     track("", '[defaults]\nmask = ["password*"]\nmask_last4 = ["*token*"]\n')
     auditdb.emit(conn, "PASSWORD_RESET", metadata={"password": "hunter2", "user": {"reset_token": "tok_123456789"}})
