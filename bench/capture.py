@@ -11,7 +11,8 @@ and the bytes auditdb.log (indexes included) grows by per entry after W2 and W3.
 
     python bench/capture.py [--server system-15] [--rounds 3] [--seconds 30] [--rows 200000]
 
-Prints a Markdown report; --output writes it to a file too (bench/RESULTS.md).
+Prints a Markdown report; --output writes it to a file too (bench/CAPTURE.md). bench/all.py runs
+every benchmark into bench/RESULTS.md.
 """
 
 from __future__ import annotations
