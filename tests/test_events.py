@@ -120,6 +120,23 @@ def test_notify_carries_only_the_queue_id_even_for_1mb_metadata(conn: psycopg.Co
     assert len(entries(conn)[0]["metadata"]["blob"]) == 1_000_000
 
 
+def test_a_batch_never_exceeds_its_size_whatever_the_plan(conn: psycopg.Connection[Any]) -> None:
+    # A LIMIT inside `delete … where id in (select … limit n for update skip locked)` holds only
+    # if the subquery runs once. A plan cached while the queue was nearly empty (a nested loop
+    # over the queue, rescanning the subquery) claimed thousands of events in one batch of 500.
+    conn.execute("analyze auditdb.event_queue")
+    for _ in range(8):  # PL/pgSQL now keeps a generic plan made for an empty queue
+        assert scalar(conn, "select processed from auditdb.process_events(500)") == 0
+    with conn.transaction():
+        conn.execute("insert into auditdb.event_queue (action) select 'LOGIN' from generate_series(1, 3000)")
+    for setting in ("", "enable_material", "enable_hashjoin"):
+        with conn.transaction():
+            if setting:
+                conn.execute(f"set local {setting} = off")
+            assert scalar(conn, "select processed from auditdb.process_events(500)") == 500, setting
+    assert scalar(conn, "select count(*) from auditdb.event_queue") == 1500
+
+
 def test_metadata_is_masked_like_columns(conn: psycopg.Connection[Any], dsn: str, track: Track) -> None:
     track("", '[defaults]\nmask = ["password*"]\nmask_last4 = ["*token*"]\n')
     auditdb.emit(conn, "PASSWORD_RESET", metadata={"password": "hunter2", "user": {"reset_token": "tok_123456789"}})
