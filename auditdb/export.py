@@ -53,8 +53,8 @@ def json_ready(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_TIME = """to_char(l.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-_ORDER = "order by l.occurred_at desc, l.id desc"
+_TIME = sql.SQL("""to_char(l.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""")
+_ORDER = sql.SQL("order by l.occurred_at desc, l.id desc")
 
 # What neutralise() looks at first (space, tab, CR, +, -, =, @: all below "A"): two cheap ascii()
 # tests let almost every cell skip the regular expression.
@@ -62,13 +62,16 @@ _FORMULA_FIRST = sorted(ord(c) for c in {" ", *_FORMULA_START})
 assert _FORMULA_FIRST[-1] < ord("A")
 
 
-def _sql_cell(expr: str) -> str:
+def _col(name: str) -> sql.Composable:
+    return sql.Identifier("l", name)
+
+
+def _sql_cell(expr: sql.Composable) -> sql.Composable:
     """The SQL twin of neutralise(), NULL as '': the server computes it, so COPY streams finished CSV."""
-    first = ", ".join(map(str, _FORMULA_FIRST))
-    return (
-        f"case when ascii({expr}) < {ord('A')} and ascii({expr}) in ({first}) and {expr} ~ '^ *[-=+@\t\r]' "
-        f"then '''' || {expr} else coalesce({expr}, '') end"
-    )
+    return sql.SQL(
+        "case when ascii({e}) < {below} and ascii({e}) in ({first}) and {e} ~ '^ *[-=+@\t\r]' "
+        "then '''' || {e} else coalesce({e}, '') end"
+    ).format(e=expr, below=sql.Literal(ord("A")), first=sql.SQL(", ").join(sql.Literal(c) for c in _FORMULA_FIRST))
 
 
 # The Metadata cell: metadata with `changes` added, as jsonb prints it. jsonb_set makes the same
@@ -76,30 +79,30 @@ def _sql_cell(expr: str) -> str:
 # over the changes, about a third less work. An object prints as `{…}`, which no spreadsheet runs;
 # metadata is always one (CHECK constraint), and anything else would take the plain, neutralised
 # path.
-_MERGED = (
+_MERGED = sql.SQL(
     "(case when l.changes is null then l.metadata else l.metadata || jsonb_build_object('changes', l.changes) end)"
 )
-_METADATA = (
-    f"case when jsonb_typeof(l.metadata) <> 'object' then {_sql_cell(_MERGED + '::text')} "
+_METADATA = sql.SQL(
+    "case when jsonb_typeof(l.metadata) <> 'object' then {plain} "
     "when l.changes is null then l.metadata::text "
-    "else jsonb_set(l.metadata, '{changes}', l.changes)::text end"
-)
+    "else jsonb_set(l.metadata, '{{changes}}', l.changes)::text end"
+).format(plain=_sql_cell(sql.SQL("{}::text").format(_MERGED)))
 
 # CSV_HEADER's columns, each computed once (the plain spelling, `case when e ~ … then '''' || e
 # else e end` around every cell, computed each twice). The time (digits first, or NULL for
 # ±infinity: an empty cell) and the address (host(): a hex digit or `:` first) cannot start a
 # formula, so they skip the test. tests/test_export.py checks the output against the plain spelling.
-_CSV_CELLS = (
+_CSV_CELLS: tuple[sql.Composable, ...] = (
     _TIME,
-    _sql_cell("l.action"),
-    _sql_cell("l.entity_type"),
-    _sql_cell("l.entity_id"),
-    _sql_cell("l.entity_name"),
-    _sql_cell("coalesce(l.actor_name, l.actor_id)"),
-    _sql_cell("l.actor_email"),
-    _sql_cell("l.project_id"),
-    "coalesce(host(l.ip), '')",
-    _sql_cell("l.user_agent"),
+    _sql_cell(_col("action")),
+    _sql_cell(_col("entity_type")),
+    _sql_cell(_col("entity_id")),
+    _sql_cell(_col("entity_name")),
+    _sql_cell(sql.SQL("coalesce({}, {})").format(_col("actor_name"), _col("actor_id"))),
+    _sql_cell(_col("actor_email")),
+    _sql_cell(_col("project_id")),
+    sql.SQL("coalesce(host({}), '')").format(_col("ip")),
+    _sql_cell(_col("user_agent")),
     _METADATA,
 )
 
@@ -115,17 +118,18 @@ _CSV_CELLS = (
 _JSON_NOT_STRINGS = ("id", "changes", "metadata", "txid")
 _JSON_STRINGS = tuple(c for c in COLUMNS if c not in _JSON_NOT_STRINGS)
 assert COLUMNS == ("id", *_JSON_STRINGS, "changes", "metadata", "txid"), "update _jsonl_fields() for COLUMNS"
-_JSON_STRING_VALUES = ", ".join(
-    _TIME if c == "occurred_at" else "host(l.ip)" if c == "ip" else f"l.{c}" for c in _JSON_STRINGS
+_JSON_STRING_VALUES = sql.SQL(", ").join(
+    _TIME if c == "occurred_at" else sql.SQL("host({})").format(_col(c)) if c == "ip" else _col(c)
+    for c in _JSON_STRINGS
 )
 
 
 def _jsonl_fields(encoding: sql.Composable) -> list[sql.Composable]:
     head = sql.SQL("""'{"id" : ' || l.id || ', '""")
     strings = sql.SQL(
-        "convert_from(btrim(convert_to(json_object('{{{keys}}}'::text[], array[{values}])::text, {enc}), "
+        "convert_from(btrim(convert_to(json_object(array[{keys}]::text[], array[{values}])::text, {enc}), "
         "'{{}}'::bytea), {enc})"
-    ).format(keys=sql.SQL(",".join(_JSON_STRINGS)), values=sql.SQL(_JSON_STRING_VALUES), enc=encoding)
+    ).format(keys=sql.SQL(", ").join(sql.Literal(k) for k in _JSON_STRINGS), values=_JSON_STRING_VALUES, enc=encoding)
     tail = sql.SQL(
         """', "changes" : ' || coalesce(l.changes::text, 'null') """
         """|| ', "metadata" : ' || coalesce(l.metadata::text, 'null') || ', "txid" : ' || l.txid || '}'"""
@@ -143,12 +147,10 @@ _CHUNK = 1 << 16  # bytes of whole rows handed on at a time
 def _select(conn: psycopg.Connection[Any], fmt: str, where: sql.Composable) -> sql.Composable:
     fields: list[sql.Composable]
     if fmt == "csv":
-        fields = [sql.SQL(cell) for cell in _CSV_CELLS]
+        fields = list(_CSV_CELLS)
     else:
         fields = _jsonl_fields(sql.Literal(conn.info.parameter_status("server_encoding") or "UTF8"))
-    return sql.SQL("select {} from auditdb.log l where {} {}").format(
-        sql.SQL(", ").join(fields), where, sql.SQL(_ORDER)
-    )
+    return sql.SQL("select {} from auditdb.log l where {} {}").format(sql.SQL(", ").join(fields), where, _ORDER)
 
 
 def _join_jsonl(chunk: bytearray) -> bytearray:

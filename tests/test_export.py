@@ -260,7 +260,7 @@ def _plain_jsonl(conn: psycopg.Connection[Any]) -> bytes:
 
 def test_sql_cell_is_neutralise(conn: psycopg.Connection[Any]) -> None:
     cells = [v for v in AWKWARD if v is not None] + ["   " + c for c in "=+-@\t\r"] + ["x=1", " x", "\t"]
-    cell = export_module._sql_cell("l.v")
+    cell = export_module._sql_cell(psycopg.sql.Identifier("l", "v")).as_string(conn)
     query = f"select array_agg({cell} order by n) from unnest(%s::text[]) with ordinality l(v, n)"  # noqa: S608
     assert conn.execute(query, (cells,)).fetchone()[0] == [neutralise(c) for c in cells]  # type: ignore[index]
     query = f"select {cell} from (select null::text) l(v)"  # noqa: S608
@@ -313,7 +313,7 @@ def test_filters_select_the_same_entries_in_both_formats(
 
 def test_metadata_that_is_not_an_object_is_still_neutralised(conn: psycopg.Connection[Any]) -> None:
     """The CHECK constraint keeps metadata an object; were it not, the cell would still be safe."""
-    query = f"""select array_agg({export_module._METADATA} order by n)
+    query = f"""select array_agg({export_module._METADATA.as_string(conn)} order by n)
                   from (values (1, '-1'::jsonb, null::jsonb), (2, '"=x"', null), (3, '{{"a": 1}}', '{{"b": 2}}'),
                                (4, '{{}}', '{{"=": "-"}}')) l(n, metadata, changes)"""  # noqa: S608
     got = conn.execute(query).fetchone()[0]  # type: ignore[index]
