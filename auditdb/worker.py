@@ -25,6 +25,13 @@ CHANNEL = "auditdb_events"
 PARTITION_UPKEEP_SECONDS = 3600.0
 # A busy worker loops hundreds of times a second; its heartbeat (one committed write) need not.
 BEAT_SECONDS = 1.0
+# While events keep coming, the worker looks again this soon instead of sleeping: awake, it does
+# not hold the wake-up lock, so emitters skip NOTIFY (whose commits PostgreSQL serialises).
+LINGER_SECONDS = 0.01
+# How long to wait for emitting transactions to end before sleeping, and, when one stays open
+# (its events came without NOTIFY), how soon to look again.
+HOLD_WAIT_MS = 20
+RETRY_SECONDS = 0.05
 
 
 @dataclass
@@ -89,38 +96,65 @@ class Worker:
         return self.processed
 
     def _serve(self, conn: psycopg.Connection[Any], once: bool) -> bool:
-        """Drain, then wait for a notification or the poll interval; True when done."""
+        """Drain, then wait for a notification or the poll interval; True when done.
+
+        The wake-up handshake (revision 0005): emitters NOTIFY only when they cannot take the
+        wake-up lock shared, i.e. while a worker holds it. So a listening worker sleeps only
+        holding it, and takes it only after every emitting transaction that skipped NOTIFY has
+        ended, draining once more after that; awake, it lets it go.
+        """
         while not self._stop:
             self._upkeep(conn)
-            self._drain(conn)
+            found = self._drain(conn)
             self._beat(conn, force=once)
             if once:
                 return True
-            self._wait(conn)
+            if not self.listen:
+                self._wait(conn, self.poll_interval)
+            elif found:
+                self._wait(conn, LINGER_SECONDS, notified=False)
+            else:
+                self._sleep_listening(conn)
         self._beat(conn, force=True)
         return True
 
-    def _drain(self, conn: psycopg.Connection[Any]) -> None:
+    def _sleep_listening(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("select auditdb.wakeup_hold(%s)", (HOLD_WAIT_MS,)).fetchone()
+        state = row[0] if row else "busy"
+        if state == "held":
+            # (A lost connection takes its session lock with it.)
+            if self._drain(conn) == 0:  # events of emitters that ended while we took the lock
+                self._wait(conn, self.poll_interval)
+            conn.execute("select auditdb.wakeup_release()")
+        elif state == "worker":
+            self._wait(conn, self.poll_interval)  # another worker sleeps holding it; NOTIFY wakes us all
+        else:
+            self._wait(conn, RETRY_SECONDS)  # an emitting transaction that skipped NOTIFY is still open
+
+    def _drain(self, conn: psycopg.Connection[Any]) -> int:
+        """Process batches until the queue is empty; returns how many events were logged."""
+        total = 0
         while not self._stop:
             with conn.transaction():
                 row = conn.execute("select * from auditdb.process_events(%s)", (self.batch_size,)).fetchone()
             count = int(row[0]) if row else 0
             if count == 0:
-                return
+                break
+            total += count
             self.processed += count
             lag = row[1].total_seconds() if row and row[1] is not None else 0.0
             log.info("logged %d event(s), oldest waited %.3f s", count, lag)
-            # Drain again until the queue is empty: the notifications for these events were taken
-            # with the first one, so waiting now would leave later ones to the next poll.
+        return total
 
-    def _wait(self, conn: psycopg.Connection[Any]) -> None:
-        deadline = time.monotonic() + self.poll_interval
+    def _wait(self, conn: psycopg.Connection[Any], seconds: float, *, notified: bool = True) -> None:
+        """Sleep up to seconds; a notification ends it early (when notified and listening)."""
+        deadline = time.monotonic() + seconds
         while not self._stop:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             slice_ = min(remaining, 0.5)
-            if self.listen:
+            if self.listen and notified:
                 woken = False
                 for _ in conn.notifies(timeout=slice_, stop_after=1):
                     woken = True  # the generator runs to its end, so the connection is free again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -112,12 +113,95 @@ def test_rolled_back_emit_never_appears_but_event_sender_survives(conn: psycopg.
 def test_notify_carries_only_the_queue_id_even_for_1mb_metadata(conn: psycopg.Connection[Any], dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("listen auditdb_events")
+        assert scalar(listener, "select auditdb.wakeup_hold()") == "held"  # as a sleeping worker does
         big = "x" * 1_000_000
         queue_id = auditdb.emit(conn, "DATA_EXPORTED", metadata={"blob": big})
         notes = list(listener.notifies(timeout=2, stop_after=1))
     assert [n.payload for n in notes] == [str(queue_id)]
     assert _drain(dsn) == 1
     assert len(entries(conn)[0]["metadata"]["blob"]) == 1_000_000
+
+
+def _notified(listener: psycopg.Connection[Any], timeout: float = 0.3) -> list[str]:
+    return [n.payload for n in listener.notifies(timeout=timeout)]
+
+
+def test_emit_notifies_only_while_a_worker_sleeps_or_is_about_to(conn: psycopg.Connection[Any], dsn: str) -> None:
+    # The wake-up handshake (revision 0005): NOTIFY serialises commits, so emit sends it only
+    # when a worker holds (or waits for) the wake-up lock; a worker takes it before sleeping,
+    # which waits for the emitting transactions that skipped NOTIFY to end.
+    with (
+        psycopg.connect(dsn, autocommit=True) as listener,
+        psycopg.connect(dsn, autocommit=True) as worker,
+        psycopg.connect(dsn, autocommit=True) as other_worker,
+    ):
+        listener.execute("listen auditdb_events")
+        awake = auditdb.emit(conn, "LOGIN", entity_id="awake")  # no worker asleep: no NOTIFY
+        assert _notified(listener) == []
+        assert scalar(worker, "select auditdb.wakeup_hold()") == "held"
+        asleep = auditdb.emit(conn, "LOGIN", entity_id="asleep")
+        assert _notified(listener) == [str(asleep)]
+        assert scalar(other_worker, "select auditdb.wakeup_hold(10)") == "worker"
+        assert scalar(worker, "select auditdb.wakeup_release()") is True
+
+        with psycopg.connect(dsn) as emitter:  # a transaction that emitted without NOTIFY, still open
+            in_flight = auditdb.emit(emitter, "LOGIN", entity_id="in-flight")
+            started = time.monotonic()
+            assert scalar(worker, "select auditdb.wakeup_hold(50)") == "busy"
+            assert time.monotonic() - started >= 0.05
+            emitter.commit()
+        assert _notified(listener) == []
+        assert scalar(worker, "select auditdb.wakeup_hold(50)") == "held"
+        # What the worker drains after taking the lock holds every event sent without NOTIFY.
+        queued = [r[0] for r in worker.execute("select id from auditdb.event_queue order by id")]
+        assert queued == [awake, asleep, in_flight]
+        assert scalar(worker, "select current_setting('lock_timeout')") == "0"
+
+
+def test_a_listening_worker_misses_no_event_whatever_its_phase(conn: psycopg.Connection[Any], dsn: str) -> None:
+    # Emitters in short bursts, some holding their transaction open a while, so events arrive
+    # while the worker drains, lingers, takes the wake-up lock and sleeps. Its poll is 30 s: an
+    # event that skipped NOTIFY and missed the drain after the lock would show as a 30 s wait.
+    worker = Worker(dsn, poll_interval=30.0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    late: list[float] = []
+
+    def emitter(n: int) -> None:
+        rng = random.Random(n)
+        with psycopg.connect(dsn) as c:
+            for burst in range(12):
+                for i in range(rng.randint(1, 15)):
+                    key = f"{n}-{burst}-{i}"
+                    auditdb.emit(c, "LOGIN", entity_id=key)
+                    if rng.random() < 0.2:
+                        time.sleep(rng.uniform(0, 0.06))  # still in the transaction
+                    c.commit()
+                    committed = time.monotonic()
+                    waited = 0.0
+                    while not scalar(c, "select count(*) from auditdb.log where entity_id = %s", (key,)):
+                        c.rollback()
+                        waited = time.monotonic() - committed
+                        if waited > 5:
+                            break
+                        time.sleep(0.005)
+                    c.rollback()
+                    late.append(waited)
+                time.sleep(rng.uniform(0, 0.1))
+
+    try:
+        time.sleep(0.3)
+        emitters = [threading.Thread(target=emitter, args=(n,)) for n in range(4)]
+        for t in emitters:
+            t.start()
+        for t in emitters:
+            t.join(timeout=120)
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+    assert len(late) >= 48
+    assert max(late) < 1.0, sorted(late)[-5:]
+    assert scalar(conn, "select count(*) from auditdb.event_queue") == 0
 
 
 def test_a_batch_never_exceeds_its_size_whatever_the_plan(conn: psycopg.Connection[Any]) -> None:
