@@ -7,10 +7,12 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import auditdb
 from auditdb.worker import Worker
@@ -202,6 +204,68 @@ def test_a_listening_worker_misses_no_event_whatever_its_phase(conn: psycopg.Con
     assert len(late) >= 48
     assert max(late) < 1.0, sorted(late)[-5:]
     assert scalar(conn, "select count(*) from auditdb.event_queue") == 0
+
+
+def _calls(conn: psycopg.Connection[Any], function: str, at_least: int) -> int:
+    """A function's call count in the statistics, waiting for a closed session's to arrive."""
+    deadline = time.monotonic() + 5
+    while True:
+        conn.execute("select pg_stat_clear_snapshot()")
+        calls = scalar(
+            conn,
+            "select coalesce(sum(calls), 0) from pg_stat_user_functions where schemaname = 'auditdb' and funcname = %s",
+            (function,),
+        )
+        if calls >= at_least or time.monotonic() > deadline:
+            return int(calls)
+        time.sleep(0.05)
+
+
+@contextmanager
+def _worker_thread(dsn: str) -> Iterator[Worker]:
+    worker = Worker(dsn, poll_interval=30.0)  # a poll could not explain a fast delivery
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # asleep: every emit now sends NOTIFY
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_a_worker_wakes_once_for_many_notifications_and_beats_once_a_second(
+    conn: psycopg.Connection[Any], dsn: str, dbname: str
+) -> None:
+    conn.execute(sql.SQL("alter database {} set track_functions = 'all'").format(sql.Identifier(dbname)))
+    with _worker_thread(dsn) as worker:
+        with conn.transaction():  # 300 notifications delivered at one commit
+            for n in range(300):
+                auditdb.emit(conn, "LOGIN", entity_id=f"burst-{n}")
+        _wait_for(conn, "entity_id = 'burst-299'")
+        time.sleep(0.2)
+    assert worker.processed == 300
+    # One wake-up takes the 300 notifications, one drain logs them; a few more find the queue
+    # empty (after the linger, after taking the wake-up lock). Not a wake-up per notification.
+    drains = _calls(conn, "process_events", 1)
+    assert drains <= 10, drains
+    beats = _calls(conn, "worker_beat", 1)
+
+    with _worker_thread(dsn) as worker:
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 2.5:  # a steady trickle keeps it draining
+            auditdb.emit(conn, "LOGIN", entity_id=f"trickle-{n}")
+            n += 1
+            time.sleep(0.005)
+        _wait_for(conn, "entity_id = %s", (f"trickle-{n - 1}",))
+    assert worker.processed == n
+    drains = _calls(conn, "process_events", drains + 1) - drains
+    beats = _calls(conn, "worker_beat", beats + 1) - beats
+    # Hundreds of drains in 2.5 s, a heartbeat (one committed write) at most once a second.
+    assert drains >= n / 2, (drains, n)
+    assert 2 <= beats <= 5, beats
 
 
 def test_a_batch_never_exceeds_its_size_whatever_the_plan(conn: psycopg.Connection[Any]) -> None:
