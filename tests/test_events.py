@@ -34,15 +34,24 @@ def _drain(dsn: str) -> int:
     return Worker(dsn, poll_interval=0.1).run(once=True)
 
 
-@pytest.fixture
-def running_worker(dsn: str) -> Iterator[Worker]:
+@contextmanager
+def _worker_thread(dsn: str) -> Iterator[Worker]:
     worker = Worker(dsn, poll_interval=30.0)  # a poll could not explain a fast delivery
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    yield worker
-    worker.stop()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    try:
+        time.sleep(0.3)  # asleep: every emit now sends NOTIFY
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def running_worker(dsn: str) -> Iterator[Worker]:
+    with _worker_thread(dsn) as worker:
+        yield worker
 
 
 def _wait_for(conn: psycopg.Connection[Any], where: str, params: Any = None, timeout: float = 5.0) -> float:
@@ -164,9 +173,6 @@ def test_a_listening_worker_misses_no_event_whatever_its_phase(conn: psycopg.Con
     # Emitters in short bursts, some holding their transaction open a while, so events arrive
     # while the worker drains, lingers, takes the wake-up lock and sleeps. Its poll is 30 s: an
     # event that skipped NOTIFY and missed the drain after the lock would show as a 30 s wait.
-    worker = Worker(dsn, poll_interval=30.0)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
     late: list[float] = []
 
     def emitter(n: int) -> None:
@@ -191,16 +197,12 @@ def test_a_listening_worker_misses_no_event_whatever_its_phase(conn: psycopg.Con
                     late.append(waited)
                 time.sleep(rng.uniform(0, 0.1))
 
-    try:
-        time.sleep(0.3)
+    with _worker_thread(dsn):
         emitters = [threading.Thread(target=emitter, args=(n,)) for n in range(4)]
         for t in emitters:
             t.start()
         for t in emitters:
             t.join(timeout=120)
-    finally:
-        worker.stop()
-        thread.join(timeout=10)
     assert len(late) >= 48
     assert max(late) < 1.0, sorted(late)[-5:]
     assert scalar(conn, "select count(*) from auditdb.event_queue") == 0
@@ -219,20 +221,6 @@ def _calls(conn: psycopg.Connection[Any], function: str, at_least: int) -> int:
         if calls >= at_least or time.monotonic() > deadline:
             return int(calls)
         time.sleep(0.05)
-
-
-@contextmanager
-def _worker_thread(dsn: str) -> Iterator[Worker]:
-    worker = Worker(dsn, poll_interval=30.0)  # a poll could not explain a fast delivery
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        time.sleep(0.3)  # asleep: every emit now sends NOTIFY
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 def test_a_worker_wakes_once_for_many_notifications_and_beats_once_a_second(
@@ -294,7 +282,6 @@ def test_metadata_is_masked_like_columns(conn: psycopg.Connection[Any], dsn: str
 
 
 def test_running_worker_logs_within_a_second_via_notify(conn: psycopg.Connection[Any], running_worker: Worker) -> None:
-    time.sleep(0.3)  # the worker is listening
     auditdb.emit(conn, "LOGIN", entity_id="fast")
     assert _wait_for(conn, "entity_id = 'fast'", timeout=5) < 1.0
 
@@ -315,7 +302,6 @@ def test_polling_worker_logs_within_the_poll_interval(conn: psycopg.Connection[A
 def test_worker_reconnects_after_its_connection_is_killed(
     conn: psycopg.Connection[Any], running_worker: Worker
 ) -> None:
-    time.sleep(0.3)
     conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'auditdb worker'")
     auditdb.emit(conn, "LOGIN", entity_id="after-kill")
     assert _wait_for(conn, "entity_id = 'after-kill'", timeout=10) < 10
