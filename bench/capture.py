@@ -89,6 +89,14 @@ FLOORS = {
     "W4": _floor("BULK_DELETE", _whole_row("old")),
 }
 
+# --w1-ceilings: W1 against stand-ins for the capture, to show what any trigger design keeps.
+W1_CEILINGS = {
+    # The same statement-level triggers with transition tables, writing nothing.
+    "empty statement trigger": "begin return null; end",
+    # The generated capture, writing its entry to an unpartitioned, unindexed copy of the log.
+    "capture into an unindexed table": None,
+}
+
 W1_SCRIPT = """\\set id random(1, {rows})
 update {table} set c_bigint = c_bigint + 1 where id = :id;
 select c_text1 from {table} where id = :id;
@@ -114,6 +122,35 @@ def log_bytes(conn: psycopg.Connection[Any]) -> int:
 def log_count(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("select count(*) from auditdb.log").fetchone()
     return int(row[0]) if row else 0
+
+
+def _capture_source(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """The bench table's capture function and its body."""
+    row = conn.execute(
+        "select p.oid::regprocedure::text, p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid"
+        " where t.tgrelid = 'bench_tracked'::regclass and t.tgname = 'auditdb_capture_upd'"
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+def set_capture_body(conn: psycopg.Connection[Any], body: str) -> str:
+    """Replace the capture function's body, keeping its settings; returns the body it had."""
+    function, source = _capture_source(conn)
+    row = conn.execute("select pg_get_functiondef(%s::regprocedure)", (function,)).fetchone()
+    assert row is not None
+    conn.execute(str(row[0]).replace(source, body, 1))
+    return source
+
+
+def ceiling_bodies(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """The capture function bodies that W1's ceilings run (see W1_CEILINGS)."""
+    _, source = _capture_source(conn)
+    conn.execute("create table auditdb.bench_unindexed (like auditdb.log including defaults including constraints)")
+    conn.execute("alter table auditdb.bench_unindexed owner to auditdb_owner")
+    unindexed = source.replace("insert into auditdb.log ", "insert into auditdb.bench_unindexed ")
+    assert unindexed != source
+    return {label: body if body is not None else unindexed for label, body in W1_CEILINGS.items()}
 
 
 def pgbench(server: LocalServer, table: str, rows: int, seconds: int, workdir: Path) -> float:
@@ -166,11 +203,18 @@ def run(args: argparse.Namespace) -> str:
             for table in ("bench_bare", "bench_tracked"):
                 conn.execute(sql.SQL("insert into {} ").format(sql.Identifier(table)) + sql.SQL(FILL), rows)
             conn.execute("vacuum analyze")
+            ceilings = ceiling_bodies(conn) if args.w1_ceilings else {}
             for r in range(args.rounds):
                 for table in ("bench_bare", "bench_tracked"):
                     tps = pgbench(server, table, args.rows, args.seconds, Path(tmp))
                     results.setdefault(f"W1 {table}", []).append(tps)
                     print(f"round {r + 1}: W1 {table}: {tps:.0f} tps", flush=True)
+                for label, body in ceilings.items():
+                    original = set_capture_body(conn, body)
+                    tps = pgbench(server, "bench_tracked", args.rows, args.seconds, Path(tmp))
+                    set_capture_body(conn, original)
+                    results.setdefault(f"W1 ceiling {label}", []).append(tps)
+                    print(f"round {r + 1}: W1 {label}: {tps:.0f} tps", flush=True)
             for r in range(args.rounds):
                 conn.execute("truncate bench_bare, bench_tracked, bench_floor")
                 conn.execute("vacuum analyze bench_bare, bench_tracked, bench_floor")
@@ -229,7 +273,7 @@ def report(
         f"- server: PostgreSQL {version} ({key}), started by the script with: "
         + ", ".join(f"{k}={v}" for k, v in SETTINGS.items()),
         f"- command: `python bench/capture.py --server {key} --rounds {args.rounds} --seconds {args.seconds}"
-        f" --rows {args.rows}`",
+        f" --rows {args.rows}{' --w1-ceilings' if args.w1_ceilings else ''}`",
         f"- {args.rounds} interleaved rounds, medians; 10-column table (int, bigint, text x3, timestamptz, jsonb,"
         " numeric, boolean, uuid)",
         "",
@@ -241,6 +285,12 @@ def report(
         f"| W1 single-row UPDATE + SELECT, 4 clients, {args.seconds} s | {bare_tps:.0f} tps | "
         f"{tracked_tps:.0f} tps | {tracked_tps / bare_tps:.1%} of bare | - | - |"
     )
+    for label in W1_CEILINGS:
+        if f"W1 ceiling {label}" in med:
+            tps = med[f"W1 ceiling {label}"]
+            lines.append(
+                f"| W1 with {label} (for comparison) | - | {tps:.0f} tps | {tps / bare_tps:.1%} of bare | - | - |"
+            )
     names = {"W2": "INSERT … SELECT", "W3": "UPDATE one column", "W4": "DELETE"}
     for w, label in names.items():
         bare, tracked, floor = med[f"{w} bare"], med[f"{w} tracked"], med[f"{w} floor"]
@@ -267,6 +317,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=30, help="pgbench duration per W1 round")
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument(
+        "--w1-ceilings",
+        action="store_true",
+        help="also run W1 with an empty capture trigger and with capture into an unindexed table",
+    )
     args = parser.parse_args()
     finish([run(args).rstrip("\n")], args.output)
 
