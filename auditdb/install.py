@@ -30,7 +30,7 @@ __all__ = [
 VERSION_TABLE = "alembic_version"
 VERSION_TABLE_SCHEMA = "auditdb"
 # The newest revision in migrations/versions; test_install checks it against alembic's head.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 SCHEMA_SQL = "create schema if not exists auditdb"
 INSTALL_LOCK_SQL = "select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.install'))"
 

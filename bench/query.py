@@ -82,6 +82,8 @@ def cases(now: datetime) -> dict[str, Filters]:
         "user + last 7 days": Filters(user="user42@example.com", since=now - timedelta(days=7)),
         "entity history": Filters(entity_types=("TestCase",), entity_id="1235"),
         "action + 30 days": Filters(actions=("LOGIN_FAILED",), since=now - timedelta(days=30)),
+        # Not in the action index (revision 0006): found by a newest-first scan by time.
+        "action DELETE + 30 days": Filters(actions=("DELETE",), since=now - timedelta(days=30)),
         "project + 30 days": Filters(project="p7", since=now - timedelta(days=30)),
         "tenant + search text": Filters(tenant="t7", search="Entity 1234"),
     }

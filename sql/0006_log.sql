@@ -1,0 +1,17 @@
+-- Revision 0006: the action index leaves out what table changes write.
+--
+-- CREATE, UPDATE, DELETE and their BULK_ forms are the bulk of a log (one per changed row), so
+-- a newest-first scan by time meets them at once: `--action UPDATE` needs no index of its own.
+-- The actions an auditor looks for among them (LOGIN_FAILED, PERMISSION_GRANT, DATA_EXPORTED,
+-- an application's own, a capture rule's) are rare, and the index finds them directly. Leaving
+-- the six out spares every captured row one B-tree insertion (measured: 0.2-0.3 s of CPU per
+-- 200,000 captured rows). The planner uses the index for any `action = any(...)` whose values
+-- are all outside the six.
+-- Building it reads the whole log once and holds off new entries until done.
+set local role auditdb_owner;
+
+drop index auditdb.log_action_idx;
+create index log_action_idx on auditdb.log (action, occurred_at)
+    where action not in ('CREATE', 'UPDATE', 'DELETE', 'BULK_CREATE', 'BULK_UPDATE', 'BULK_DELETE');
+
+reset role;
