@@ -260,7 +260,7 @@ def test_the_action_index_serves_rare_actions_and_skips_what_table_changes_write
         assert row is not None
         return int(row[0])
 
-    indexed, entity = index_bytes("action, occurred_at"), index_bytes("entity_type, entity_id, occurred_at")
+    indexed, entity = index_bytes("action, occurred_at"), index_bytes("entity_type, entity_id")
     assert indexed * 5 < entity, (indexed, entity)  # 5 entries (and empty partitions' pages) against 20,005
 
     def plan(*actions: str) -> str:

@@ -1,4 +1,4 @@
-"""The action index leaves out the six actions table changes write.
+"""The action index leaves out the six actions table changes write; the entity index drops occurred_at.
 
 Revision ID: 0006
 Revises: 0005
