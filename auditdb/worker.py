@@ -32,6 +32,9 @@ LINGER_SECONDS = 0.01
 # (its events came without NOTIFY), how soon to look again.
 HOLD_WAIT_MS = 20
 RETRY_SECONDS = 0.05
+# Another worker sleeps holding the lock: its wake-up wakes us too, but if it dies (its session
+# lock goes with it) emitters stop sending NOTIFY, so look again this soon rather than after a poll.
+HOLDER_RETRY_SECONDS = 0.25
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Worker:
                 self._wait(conn, self.poll_interval)
             conn.execute("select auditdb.wakeup_release()")
         elif state == "worker":
-            self._wait(conn, self.poll_interval)  # another worker sleeps holding it; NOTIFY wakes us all
+            self._wait(conn, min(self.poll_interval, HOLDER_RETRY_SECONDS))
         else:
             self._wait(conn, RETRY_SECONDS)  # an emitting transaction that skipped NOTIFY is still open
 

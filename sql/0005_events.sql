@@ -1,6 +1,6 @@
 -- Revision 0005: emit sends NOTIFY only when a worker is asleep.
 --
--- PostgreSQL serialises the commits of notifying transactions (it holds a database-wide lock
+-- PostgreSQL serialises the commits of notifying transactions (it holds a cluster-wide lock
 -- from before a notifying commit until after its WAL flush), so one NOTIFY per event kept
 -- emitting transactions from sharing WAL flushes: with synchronous_commit on, about 2,200
 -- events/s here, whatever the worker did. A worker that is awake needs no wake-up call, so:
@@ -75,9 +75,9 @@ $$;
 -- Called by a worker that found the queue empty and wants to sleep: take the wake-up lock,
 -- waiting at most wait_ms for emitting transactions that skipped NOTIFY to end. Returns
 -- 'held' (drain once more, then sleep: every emitter now NOTIFYs), 'worker' (another worker
--- sleeps holding it; NOTIFYs wake every listener, so sleep) or 'busy' (an emitting
--- transaction is still open: its events come only by looking again, soon). A worker calls it
--- only when it does not hold the lock already.
+-- holds it or is taking it; NOTIFYs wake every listener, so sleep, but not for long: that
+-- worker may be gone) or 'busy' (an emitting transaction is still open: its events come only by
+-- looking again, soon). A worker calls it only when it does not hold the lock already.
 create function auditdb.wakeup_hold(wait_ms integer default 20) returns text
 language plpgsql
 security definer
@@ -91,17 +91,20 @@ begin
         perform pg_advisory_lock(1635083369, 1952735777);
     exception when lock_not_available then
         perform set_config('lock_timeout', previous, true);
-        if exists (select from pg_locks l
-                    where l.locktype = 'advisory' and l.classid = 1635083369 and l.objid = 1952735777
-                      and l.objsubid = 2 and l.mode = 'ExclusiveLock' and l.granted) then
-            return 'worker';
+        -- Shared, as an emitter takes it: refused only while a worker holds or awaits it (in
+        -- this database: advisory locks are per database).
+        if pg_try_advisory_lock_shared(1635083369, 1952735777) then
+            perform pg_advisory_unlock_shared(1635083369, 1952735777);
+            return 'busy';
         end if;
-        return 'busy';
+        return 'worker';
     end;
     perform set_config('lock_timeout', previous, true);
     return 'held';
 end
 $$;
+
+comment on function auditdb.wakeup_hold(integer) is 'auditdb: a worker about to sleep takes the wake-up lock (revision 0005)';
 
 -- A woken worker lets the wake-up lock go: while it is awake, emitters need not NOTIFY. Only
 -- a worker that holds it calls this (taking it once per hold: the lock is not re-entered).
@@ -112,6 +115,8 @@ set search_path = pg_catalog, pg_temp
 as $$
     select pg_advisory_unlock(1635083369, 1952735777);
 $$;
+
+comment on function auditdb.wakeup_release() is 'auditdb: a woken worker lets the wake-up lock go (revision 0005)';
 
 revoke all on function auditdb.wakeup_hold(integer), auditdb.wakeup_release() from public;
 grant execute on function auditdb.wakeup_hold(integer), auditdb.wakeup_release() to auditdb_admin;
