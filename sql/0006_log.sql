@@ -20,11 +20,14 @@
 -- Building them reads the whole log once and holds off new entries until done.
 set local role auditdb_owner;
 
-drop index auditdb.log_action_idx;
-create index log_action_idx on auditdb.log (action, occurred_at)
+-- Both new indexes are built before the old ones go (dropping one locks out readers until the
+-- upgrade commits), so readers wait only for the swap.
+create index log_action_idx_0006 on auditdb.log (action, occurred_at)
     where action not in ('CREATE', 'UPDATE', 'DELETE', 'BULK_CREATE', 'BULK_UPDATE', 'BULK_DELETE');
-
+create index log_entity_idx_0006 on auditdb.log (entity_type, entity_id);
+drop index auditdb.log_action_idx;
 drop index auditdb.log_entity_idx;
-create index log_entity_idx on auditdb.log (entity_type, entity_id);
+alter index auditdb.log_action_idx_0006 rename to log_action_idx;
+alter index auditdb.log_entity_idx_0006 rename to log_entity_idx;
 
 reset role;

@@ -53,7 +53,7 @@ FROZEN_SQL = {
     "0003_log.sql": "32597e6accead3d8cdf26e282b78ccad39e9c657bd928c01cce7ca0a49e74a20",
     "0004_queue.sql": "da4ae07cfb0975ad9738259cb5f638e07a1b5a97aa58f0dc2179725abf02094e",
     "0005_events.sql": "9932f61b5e6f46b1e618081f0ab0dab2fd2a7c7d97c459afab096cb12ea42e38",
-    "0006_log.sql": "65f1b2eabb6f6b4f60b6e8b28540b2f4eac2c167ae40a8a05d70c7df077a30b8",
+    "0006_log.sql": "efbf87770c0051188510531244ea44b1ab70c684a374327d1af38e065307e937",
 }
 
 
