@@ -263,7 +263,7 @@ def status_cmd(ctx: click.Context) -> None:
     type=click.FloatRange(0.05),
     default=0.5,
     show_default=True,
-    help="Seconds between polls when no notification comes (a fallback: each emit sends NOTIFY).",
+    help="Seconds between polls when no notification comes (a fallback: emit sends NOTIFY while a worker sleeps).",
 )
 @click.option("--no-listen", is_flag=True, help="Do not LISTEN; poll only.")
 @click.option("--name", help="Name in the heartbeat table (default host:pid).")

@@ -121,9 +121,13 @@ class Worker:
         self._beat(conn, force=True)
         return True
 
-    def _sleep_listening(self, conn: psycopg.Connection[Any]) -> None:
+    def _hold_wakeup(self, conn: psycopg.Connection[Any]) -> str:
+        """Try to take the wake-up lock: 'held', 'worker' (another has it) or 'busy' (an emitter)."""
         row = conn.execute("select auditdb.wakeup_hold(%s)", (HOLD_WAIT_MS,)).fetchone()
-        state = row[0] if row else "busy"
+        return str(row[0]) if row else "busy"
+
+    def _sleep_listening(self, conn: psycopg.Connection[Any]) -> None:
+        state = self._hold_wakeup(conn)
         if state == "held":
             # (A lost connection takes its session lock with it.)
             if self._drain(conn) == 0:  # events of emitters that ended while we took the lock

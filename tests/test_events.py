@@ -40,10 +40,16 @@ ASLEEP_SQL = """select count(*) from pg_locks where locktype = 'advisory' and cl
 
 
 class CountingWorker(Worker):
-    """A worker that counts its drains and the heartbeats it writes."""
+    """A worker that counts its drains and the heartbeats it writes, and notes its wake-up lock states."""
 
     drains: int = 0
     beats: int = 0
+    states: tuple[str, ...] = ()
+
+    def _hold_wakeup(self, conn: psycopg.Connection[Any]) -> str:
+        state = super()._hold_wakeup(conn)
+        self.states += (state,)
+        return state
 
     def _drain(self, conn: psycopg.Connection[Any]) -> int:
         self.drains += 1
@@ -56,14 +62,15 @@ class CountingWorker(Worker):
 
 
 @contextmanager
-def _worker_thread(dsn: str) -> Iterator[CountingWorker]:
+def _worker_thread(dsn: str, *, asleep: bool = True) -> Iterator[CountingWorker]:
+    """A worker in a thread, poll 30 s; when asleep, returned once it sleeps holding the wake-up lock."""
     worker = CountingWorker(dsn, poll_interval=30.0)  # a poll could not explain a fast delivery
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
         with psycopg.connect(dsn, autocommit=True) as watcher:
             deadline = time.monotonic() + 10
-            while not scalar(watcher, ASLEEP_SQL):  # asleep: every emit now sends NOTIFY
+            while asleep and not scalar(watcher, ASLEEP_SQL):  # asleep: every emit now sends NOTIFY
                 assert time.monotonic() < deadline, "the worker never went to sleep"
                 time.sleep(0.01)
         yield worker
@@ -229,18 +236,16 @@ def test_a_sleeping_worker_in_another_database_changes_nothing_here(
 def test_a_worker_takes_over_when_the_sleeping_one_is_gone(conn: psycopg.Connection[Any], dsn: str) -> None:
     # Another session sleeps holding the wake-up lock, so the worker sleeps without it; then that
     # session goes (a killed worker) and emitters stop sending NOTIFY. The worker must notice soon.
-    with psycopg.connect(dsn, autocommit=True) as holder:
-        assert scalar(holder, "select auditdb.wakeup_hold()") == "held"
-        worker = Worker(dsn, poll_interval=30.0)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        time.sleep(0.5)  # it found the lock taken
-    try:
+    holder = psycopg.connect(dsn, autocommit=True)
+    assert scalar(holder, "select auditdb.wakeup_hold()") == "held"
+    with _worker_thread(dsn, asleep=False) as worker:
+        deadline = time.monotonic() + 10
+        while "worker" not in worker.states:  # it found the lock taken and sleeps without it
+            assert time.monotonic() < deadline, worker.states
+            time.sleep(0.01)
+        holder.close()
         auditdb.emit(conn, "LOGIN", entity_id="after-holder")  # no worker asleep now: no NOTIFY
         assert _wait_for(conn, "entity_id = 'after-holder'", timeout=5) < 1.0
-    finally:
-        worker.stop()
-        thread.join(timeout=10)
 
 
 def test_a_listening_worker_misses_no_event_whatever_its_phase(conn: psycopg.Connection[Any], dsn: str) -> None:
