@@ -21,11 +21,25 @@ def _check_role(conn: psycopg.Connection[Any], role: str) -> None:
         raise AuditDBError(f"{role} is one of auditdb's own roles: grant it to a login role instead")
 
 
-def grant(conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[str, ...] = ()) -> None:
-    """Grant auditdb_<kind> to role (a viewer bound to tenants when given); logged as PERMISSION_GRANT."""
+def grant(
+    conn: psycopg.Connection[Any],
+    role: str,
+    kind: str,
+    tenants: tuple[str, ...] = (),
+    *,
+    tenant_from_context: bool = False,
+) -> None:
+    """Grant auditdb_<kind> to role; logged as PERMISSION_GRANT.
+
+    A viewer is bound to tenants when given (it and its members then see only those, whatever
+    they set or become), or with tenant_from_context reads the tenant its session names in
+    auditdb.tenant_id (for one application role serving many tenants) while bound to none.
+    """
     _check_role(conn, role)
-    if tenants and kind != "viewer":
-        raise AuditDBError("--tenant goes with --viewer only")
+    if (tenants or tenant_from_context) and kind != "viewer":
+        raise AuditDBError("--tenant and --tenant-from-context go with --viewer only")
+    if tenants and tenant_from_context:
+        raise AuditDBError("a viewer is bound to --tenant T … or reads --tenant-from-context, not both")
     with conn.transaction():
         conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
         for tenant in tenants:
@@ -33,16 +47,30 @@ def grant(conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[st
                 "insert into auditdb.tenant_roles (role_name, tenant_id) values (%s, %s) on conflict do nothing",
                 (role, tenant),
             )
+        if tenant_from_context:
+            conn.execute(
+                "insert into auditdb.tenant_from_context_roles (role_name) values (%s) on conflict do nothing", (role,)
+            )
         conn.execute(
-            "select auditdb.log_access_change('PERMISSION_GRANT', %s, %s, %s)", (role, ROLES[kind], list(tenants))
+            "select auditdb.log_access_change('PERMISSION_GRANT', %s, %s, %s, %s)",
+            (role, ROLES[kind], list(tenants), tenant_from_context),
         )
 
 
-def revoke(conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[str, ...] = ()) -> None:
-    """Revoke auditdb_<kind> (or, for a viewer with tenants, only those tenants); logged as PERMISSION_REVOKE."""
+def revoke(
+    conn: psycopg.Connection[Any],
+    role: str,
+    kind: str,
+    tenants: tuple[str, ...] = (),
+    *,
+    tenant_from_context: bool = False,
+) -> None:
+    """Revoke auditdb_<kind> (a viewer: maybe only some tenants, or the context mode); logged as PERMISSION_REVOKE."""
     _check_role(conn, role)
     with conn.transaction():
-        if kind == "viewer" and tenants:
+        if kind == "viewer" and tenant_from_context and not tenants:
+            conn.execute("delete from auditdb.tenant_from_context_roles where role_name = %s", (role,))
+        elif kind == "viewer" and tenants:
             conn.execute(
                 "delete from auditdb.tenant_roles where role_name = %s and tenant_id = any(%s)", (role, list(tenants))
             )
@@ -55,6 +83,8 @@ def revoke(conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[s
             conn.execute(sql.SQL("revoke {} from {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
             if kind == "viewer":
                 conn.execute("delete from auditdb.tenant_roles where role_name = %s", (role,))
+                conn.execute("delete from auditdb.tenant_from_context_roles where role_name = %s", (role,))
         conn.execute(
-            "select auditdb.log_access_change('PERMISSION_REVOKE', %s, %s, %s)", (role, ROLES[kind], list(tenants))
+            "select auditdb.log_access_change('PERMISSION_REVOKE', %s, %s, %s, %s)",
+            (role, ROLES[kind], list(tenants), tenant_from_context),
         )

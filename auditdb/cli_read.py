@@ -233,7 +233,19 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
 
 
 def _access_options(f: Any) -> Any:
-    f = click.option("--tenant", "tenants", multiple=True, metavar="T", help="With --viewer: a tenant (repeatable).")(f)
+    f = click.option(
+        "--tenant-from-context",
+        is_flag=True,
+        help="With --viewer, for a role bound to no tenant: read the tenant its session sets in auditdb.tenant_id "
+        "(one application serving many tenants). Never given without asking.",
+    )(f)
+    f = click.option(
+        "--tenant",
+        "tenants",
+        multiple=True,
+        metavar="T",
+        help="With --viewer: bind to a tenant (repeatable); the role and its members see only these.",
+    )(f)
     f = click.option("--writer", "kind", flag_value="writer", help="May set the context and emit events.")(f)
     f = click.option("--viewer", "kind", flag_value="viewer", help="Reads entries of its tenant(s).")(f)
     f = click.option("--admin", "kind", flag_value="admin", help="Reads everything, exports, manages partitions.")(f)
@@ -243,26 +255,40 @@ def _access_options(f: Any) -> Any:
 @cli.command(name="grant")
 @_access_options
 @click.pass_context
-def grant_cmd(ctx: click.Context, role: str, kind: str | None, tenants: tuple[str, ...]) -> None:
+def grant_cmd(
+    ctx: click.Context, role: str, kind: str | None, tenants: tuple[str, ...], tenant_from_context: bool
+) -> None:
     """Let ROLE read (--admin, or --viewer bound to --tenant T…) or emit (--writer); logged as PERMISSION_GRANT."""
     from auditdb.access import grant
 
     if kind is None:
-        raise click.UsageError("say what to grant: --admin, --viewer [--tenant T …] or --writer")
+        raise click.UsageError(
+            "say what to grant: --admin, --viewer [--tenant T … | --tenant-from-context] or --writer"
+        )
     with _connection(ctx) as conn:
-        grant(conn, role, kind, tenants)
-    click.echo(f"granted auditdb_{kind} to {role}" + (f" for tenant(s) {', '.join(tenants)}" if tenants else ""))
+        grant(conn, role, kind, tenants, tenant_from_context=tenant_from_context)
+    click.echo(f"granted auditdb_{kind} to {role}" + _scope(tenants, tenant_from_context))
+
+
+def _scope(tenants: tuple[str, ...], tenant_from_context: bool) -> str:
+    if tenants:
+        return f" for tenant(s) {', '.join(tenants)}"
+    return " for the tenant its session names" if tenant_from_context else ""
 
 
 @cli.command(name="revoke")
 @_access_options
 @click.pass_context
-def revoke_cmd(ctx: click.Context, role: str, kind: str | None, tenants: tuple[str, ...]) -> None:
+def revoke_cmd(
+    ctx: click.Context, role: str, kind: str | None, tenants: tuple[str, ...], tenant_from_context: bool
+) -> None:
     """Take back what grant gave (--viewer --tenant T removes only those tenants); logged as PERMISSION_REVOKE."""
     from auditdb.access import revoke
 
     if kind is None:
-        raise click.UsageError("say what to revoke: --admin, --viewer [--tenant T …] or --writer")
+        raise click.UsageError(
+            "say what to revoke: --admin, --viewer [--tenant T … | --tenant-from-context] or --writer"
+        )
     with _connection(ctx) as conn:
-        revoke(conn, role, kind, tenants)
-    click.echo(f"revoked auditdb_{kind} from {role}" + (f" for tenant(s) {', '.join(tenants)}" if tenants else ""))
+        revoke(conn, role, kind, tenants, tenant_from_context=tenant_from_context)
+    click.echo(f"revoked auditdb_{kind} from {role}" + _scope(tenants, tenant_from_context))

@@ -26,7 +26,7 @@ __all__ = [
 
 ACTION_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 RULE_EVENTS = ("INSERT", "UPDATE", "DELETE")
-_DEFAULT_KEYS = {"mask", "mask_last4", "ignore", "tenant", "require_actor", "system_roles"}
+_DEFAULT_KEYS = {"mask", "mask_last4", "ignore", "tenant", "require_actor", "system_roles", "refuse_data_ddl"}
 _TABLE_KEYS = {"entity_type", "id", "name", "project", "soft_delete", "rules", "mask", "mask_last4", "ignore", "tenant"}
 _RULE_KEYS = {"on", "when", "action"}
 
@@ -46,6 +46,9 @@ class Defaults:
     tenant: str | None = None
     require_actor: bool = False
     system_roles: tuple[str, ...] = ()
+    # Refuse DDL that changes tracked data without a row trigger (rewrites, ALTER TYPE of a type a
+    # tracked column uses, partitions leaving or joining) unless the session user is a system role.
+    refuse_data_ddl: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,16 +179,19 @@ def parse_config(data: dict[str, Any], source: str = "auditdb.toml") -> Config:
     if not isinstance(raw_defaults, dict):
         raise ConfigError(f"{source}: [defaults] must be a table")
     _unknown(raw_defaults, _DEFAULT_KEYS, f"{source} [defaults]")
-    require_actor = raw_defaults.get("require_actor", False)
-    if not isinstance(require_actor, bool):
-        raise ConfigError(f"{source} [defaults] require_actor: expected true or false")
+    flags = {}
+    for flag in ("require_actor", "refuse_data_ddl"):
+        flags[flag] = raw_defaults.get(flag, False)
+        if not isinstance(flags[flag], bool):
+            raise ConfigError(f"{source} [defaults] {flag}: expected true or false")
     defaults = Defaults(
         mask=_strings(raw_defaults.get("mask", []), "defaults.mask"),
         mask_last4=_strings(raw_defaults.get("mask_last4", []), "defaults.mask_last4"),
         ignore=_strings(raw_defaults.get("ignore", []), "defaults.ignore"),
         tenant=_string(raw_defaults["tenant"], "defaults.tenant") if "tenant" in raw_defaults else None,
-        require_actor=require_actor,
+        require_actor=flags["require_actor"],
         system_roles=_strings(raw_defaults.get("system_roles", []), "defaults.system_roles"),
+        refuse_data_ddl=flags["refuse_data_ddl"],
     )
     raw_tables = data.get("tables", {})
     if not isinstance(raw_tables, dict):

@@ -12,7 +12,7 @@ from psycopg import pq
 
 from auditdb.errors import AuditDBError
 
-__all__ = ["FIELDS", "context", "current_context", "set_context"]
+__all__ = ["CONTEXT_BOUNDS", "FIELDS", "context", "current_context", "set_context"]
 
 FIELDS = (
     "actor_id",
@@ -24,6 +24,20 @@ FIELDS = (
     "project_id",
     "request_id",
 )
+
+# The most characters of each setting an entry records (sql/definitions/context.sql cuts to the
+# same, and the generated capture renders these): an oversized value set with set_config behind
+# set_context's back is cut, never allowed to break a write or keep a DDL watcher from logging.
+CONTEXT_BOUNDS = {
+    "actor_id": 256,
+    "actor_email": 320,
+    "actor_name": 256,
+    "ip": 64,
+    "user_agent": 1024,
+    "tenant_id": 256,
+    "project_id": 256,
+    "request_id": 256,
+}
 
 _SET_CONTEXT = psycopg.sql.SQL("select auditdb.set_context({})").format(
     psycopg.sql.SQL(", ").join(

@@ -59,7 +59,7 @@ def _first_line(text: str) -> str:
 
 def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     """Return the installed schema version, or raise NotInstalledError."""
-    from auditdb.install import HEAD_REVISION
+    from auditdb.install import HEAD_REVISION, definitions_marker
 
     # Existence through the catalog: to_regclass() needs USAGE on the schema.
     row = conn.execute(
@@ -85,6 +85,11 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
         raise NotInstalledError(
             f"auditdb schema in database {dbname} is at version {version or 'none'}, "
             f"this auditdb needs {HEAD_REVISION}: run `auditdb install`"
+        )
+    marker = conn.execute("select pg_catalog.obj_description('auditdb'::regnamespace, 'pg_namespace')").fetchone()
+    if not marker or marker[0] != definitions_marker():
+        raise NotInstalledError(
+            f"auditdb's functions in database {dbname} are another release's: run `auditdb install`"
         )
     return version
 

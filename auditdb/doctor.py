@@ -10,7 +10,7 @@ import psycopg
 
 from auditdb.config import Config
 from auditdb.errors import AuditDBError
-from auditdb.install import HEAD_REVISION, installed_version
+from auditdb.install import HEAD_REVISION, definitions_marker, installed_version
 from auditdb.triggers import State, event_trigger_status, status
 
 __all__ = ["Check", "run_checks"]
@@ -50,13 +50,24 @@ def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Che
     if schema is None:
         checks.append(Check("schema", "fail", "auditdb is not installed: run `auditdb install`"))
         return checks
+    marker = _one(conn, "select obj_description('auditdb'::regnamespace, 'pg_namespace')")
+    current = schema == HEAD_REVISION and marker == definitions_marker()
     checks.append(
         Check(
             "schema",
-            "ok" if schema == HEAD_REVISION else "fail",
-            f"version {schema}" + ("" if schema == HEAD_REVISION else f", need {HEAD_REVISION}: run `auditdb install`"),
+            "ok" if current else "fail",
+            f"version {schema}"
+            + (
+                ""
+                if current
+                else f", need {HEAD_REVISION}: run `auditdb install`"
+                if schema != HEAD_REVISION
+                else ": its functions are another release's, run `auditdb install`"
+            ),
         )
     )
+    if schema != HEAD_REVISION:
+        return checks
 
     events = event_trigger_status(conn)
     checks.append(
@@ -78,7 +89,7 @@ def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Che
                 Check(
                     "tracked tables",
                     "fail" if drift else "ok",
-                    "; ".join(f"{t.table} {t.state.value}" for t in drift)
+                    "; ".join(f"{t.table} {t.state.value}" + (f" ({t.detail})" if t.detail else "") for t in drift)
                     or f"{len(config.tables)} table(s) match the config",
                 )
             )
@@ -86,22 +97,23 @@ def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Che
         count = _one(conn, "select count(*) from auditdb.tracked_tables")
         checks.append(Check("tracked tables", "warn", f"no config given; {count} table(s) tracked (pass --config)"))
 
+    # A worker runs only while the backend that wrote its heartbeat is still connected: a row alone
+    # (written by hand, or left by `worker --once` or a worker that died) is not a running worker.
     beat = conn.execute(
-        "select worker, now() - last_seen from auditdb.worker_heartbeat order by last_seen desc limit 1"
+        """select worker, now() - last_seen, backend_alive from auditdb.live_workers()
+            order by backend_alive desc, last_seen desc limit 1"""
     ).fetchone()
     if beat is None:
         checks.append(Check("worker", "warn", "no worker has run: start `auditdb worker`"))
     else:
         age: timedelta = beat[1]
-        stale = age > HEARTBEAT_STALE
-        checks.append(
-            Check(
-                "worker",
-                "fail" if stale else "ok",
-                f"{beat[0]} last seen {age.total_seconds():.0f} s ago"
-                + (": is `auditdb worker` running?" if stale else ""),
-            )
-        )
+        seen = f"{beat[0]} last seen {age.total_seconds():.0f} s ago"
+        if age > HEARTBEAT_STALE:
+            checks.append(Check("worker", "fail", f"{seen}: is `auditdb worker` running?"))
+        elif not beat[2]:
+            checks.append(Check("worker", "warn", f"{seen}, not running now (fine for `worker --once` from cron)"))
+        else:
+            checks.append(Check("worker", "ok", seen))
 
     queue = conn.execute("select count(*), now() - min(emitted_at) from auditdb.event_queue").fetchone()
     backlog, oldest = (int(queue[0]), queue[1]) if queue else (0, None)
@@ -110,6 +122,19 @@ def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Che
     else:
         level = "fail" if oldest > QUEUE_FAIL else "warn" if oldest > QUEUE_WARN else "ok"
         checks.append(Check("event queue", level, f"{backlog} waiting, oldest {oldest.total_seconds():.0f} s"))
+
+    dead = conn.execute("select count(*), max(id) from auditdb.event_dead_letter").fetchone()
+    if dead and dead[0]:
+        checks.append(
+            Check(
+                "dead letters",
+                "fail",
+                f"{dead[0]} event(s) could not be logged (newest queue id {dead[1]}): see auditdb.event_dead_letter "
+                "and the AUDIT_CHANGED entries naming them",
+            )
+        )
+    else:
+        checks.append(Check("dead letters", "ok", "none"))
 
     missing = conn.execute(
         """select 'log_' || to_char(auditdb.month_start(m) at time zone 'UTC', 'YYYY_MM')

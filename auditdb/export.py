@@ -195,29 +195,43 @@ def export(
     out: IO[bytes]
     out = sys.stdout.buffer if target is None else open(partial, "wb")  # type: ignore[arg-type]
     rows = 0
+    failure: BaseException | None = None
     try:
+        # One snapshot for what is streamed and for the server's count of it (auditdb.log_export).
         with conn.transaction():
-            conn.execute("set transaction isolation level repeatable read, read only")
-            if fmt == "csv":
-                buf = io.StringIO()
-                csv.writer(buf, lineterminator="\n").writerow(CSV_HEADER)
-                out.write(buf.getvalue().encode())
-            with conn.cursor() as cur:
-                with cur.copy(copy_sql, params) as copy:
-                    chunk = bytearray()
-                    reported = 0
-                    # The server sends each row as one COPY message.
-                    for count, row in enumerate(copy, 1):
-                        chunk += row
-                        if len(chunk) >= _CHUNK:
-                            out.write(finish(chunk))
-                            chunk.clear()
-                            if progress and count - reported >= _PROGRESS_EVERY:
-                                reported = count
-                                progress(count)
-                    out.write(finish(chunk))
-                rows = cur.rowcount
-        out.flush()
+            conn.execute("set transaction isolation level repeatable read")
+            try:
+                with conn.transaction():  # a savepoint: a failed stream still leaves its record
+                    if fmt == "csv":
+                        buf = io.StringIO()
+                        csv.writer(buf, lineterminator="\n").writerow(CSV_HEADER)
+                        out.write(buf.getvalue().encode())
+                    with conn.cursor() as cur, cur.copy(copy_sql, params) as copy:
+                        chunk = bytearray()
+                        reported = 0
+                        # The server sends each row as one COPY message.
+                        for count, row in enumerate(copy, 1):
+                            chunk += row
+                            if len(chunk) >= _CHUNK:
+                                out.write(finish(chunk))
+                                rows = count
+                                chunk.clear()
+                                if progress and count - reported >= _PROGRESS_EVERY:
+                                    reported = count
+                                    progress(count)
+                        out.write(finish(chunk))
+                        rows = cur.rowcount
+                    out.flush()
+            except (OSError, psycopg.Error, KeyboardInterrupt) as e:
+                failure = e
+            email = actor if actor and "@" in actor else None
+            complete = failure is None
+            conn.execute(
+                "select auditdb.log_export(%s, %s, %s, %s, %s, %s)",
+                (json.dumps(filters.describe()), fmt, actor, email, complete, None if complete else rows),
+            )
+        if failure is not None:
+            raise failure
         if target is not None:
             out.close()
             os.replace(partial, target)  # type: ignore[arg-type]
@@ -226,9 +240,4 @@ def export(
             out.close()
             partial.unlink(missing_ok=True)  # type: ignore[union-attr]
         raise
-    with conn.transaction():
-        email = actor if actor and "@" in actor else None
-        conn.execute(
-            "select auditdb.log_export(%s, %s, %s, %s, %s)", (json.dumps(filters.describe()), fmt, rows, actor, email)
-        )
     return rows

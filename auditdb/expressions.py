@@ -8,7 +8,7 @@ so nothing of the original text reaches the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from pglast.stream import RawStream
 
 from auditdb.errors import ConfigError
 
-__all__ = ["Expression", "parse_expression"]
+__all__ = ["Expression", "parse_expression", "rerender"]
 
 SAFE_FUNCTIONS = frozenset(
     {
@@ -114,12 +114,14 @@ class Expression:
     # (row, column): row is "" for `name` expressions, "old" or "new" for rule conditions
     columns: frozenset[tuple[str, str]]
 
-    def render(self, aliases: dict[str, str]) -> str:
+    def render(self, aliases: dict[str, str], seen: Callable[[str, str], str | None] | None = None) -> str:
         """SQL for the expression with each column qualified by its row's alias.
 
-        aliases maps "" / "old" / "new" to the alias of that row in the generated query.
+        aliases maps "" / "old" / "new" to the alias of that row in the generated query; seen(alias,
+        column), when given, may return the SQL the expression reads instead of the bare column
+        (capture passes a column of a type PostgreSQL does not define as its text).
         """
-        tree = _rewrite(self.node, aliases)
+        tree = _rewrite(self.node, aliases, seen)
         return str(RawStream()(tree))
 
 
@@ -227,17 +229,60 @@ def _check(node: Any, source: str, what: str, rows: tuple[str, ...], columns: se
         raise _refuse(source, what, f"{type(node).__name__} is not allowed")
 
 
-def _rewrite(node: Any, aliases: dict[str, str]) -> Any:
-    """A copy of the tree with every ColumnRef qualified by its row's alias."""
+def _rewrite(node: Any, aliases: dict[str, str], seen: Callable[[str, str], str | None] | None) -> Any:
+    """A copy of the tree with every ColumnRef qualified by its row's alias (or replaced by seen())."""
     if isinstance(node, tuple):
-        return tuple(_rewrite(n, aliases) for n in node)
+        return tuple(_rewrite(n, aliases, seen) for n in node)
     if isinstance(node, list):
-        return [_rewrite(n, aliases) for n in node]
+        return [_rewrite(n, aliases, seen) for n in node]
     if not isinstance(node, ast.Node):
         return node
     if isinstance(node, ast.ColumnRef):
         names = [f.sval for f in node.fields or ()]
         row, column = ("", names[0]) if len(names) == 1 else (names[0], names[1])
+        replacement = seen(aliases[row], column) if seen else None
+        if replacement is not None:
+            return _parse_one(replacement)
         return ast.ColumnRef(fields=(ast.String(sval=aliases[row]), ast.String(sval=column)))
-    values = {name: _rewrite(getattr(node, name), aliases) for name in node}
+    values = {name: _rewrite(getattr(node, name), aliases, seen) for name in node}
     return type(node)(**values)
+
+
+def _parse_one(text: str) -> Any:
+    """The AST of one SQL expression that auditdb itself wrote."""
+    stmt: Any = pglast.parse_sql("select " + text)[0].stmt
+    return stmt.targetList[0].val
+
+
+def rerender(text: str, seen: Callable[[str, str], str | None], known: set[str]) -> tuple[str, set[str]]:
+    """An expression auditdb rendered earlier (columns as n.col / o.col), rendered again with seen().
+
+    Returns the SQL and the columns it reads; KeyError when it reads a column not in known.
+    """
+    node = _parse_one(text)
+    used: set[str] = set()
+    for child in _walk(node):
+        if isinstance(child, ast.ColumnRef):
+            names = [str(f.sval) for f in child.fields or () if isinstance(f, ast.String)]
+            if len(names) == 2:
+                if names[1] not in known:
+                    raise KeyError(names[1])
+                used.add(names[1])
+    aliases = {alias: alias for alias in ("n", "o")}
+
+    def _rewrite_stored(node: Any) -> Any:
+        if isinstance(node, tuple):
+            return tuple(_rewrite_stored(n) for n in node)
+        if isinstance(node, list):
+            return [_rewrite_stored(n) for n in node]
+        if not isinstance(node, ast.Node):
+            return node
+        if isinstance(node, ast.ColumnRef):
+            names = [str(f.sval) for f in node.fields or () if isinstance(f, ast.String)]
+            if len(names) == 2 and names[0] in aliases:
+                replacement = seen(names[0], names[1])
+                return _parse_one(replacement) if replacement is not None else node
+            return node
+        return type(node)(**{name: _rewrite_stored(getattr(node, name)) for name in node})
+
+    return str(RawStream()(_rewrite_stored(node))), used

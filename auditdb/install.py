@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from auditdb.db import describe_error, resolve_dsn
 from auditdb.errors import AuditDBError
@@ -19,7 +22,11 @@ if TYPE_CHECKING:
 # which reads HEAD_REVISION) starts without loading them.
 
 __all__ = [
+    "DEFINITIONS",
     "HEAD_REVISION",
+    "definitions_marker",
+    "definitions_sql",
+    "finish_upgrade",
     "install",
     "install_sql",
     "installed_version",
@@ -30,7 +37,22 @@ __all__ = [
 VERSION_TABLE = "alembic_version"
 VERSION_TABLE_SCHEMA = "auditdb"
 # The newest revision in migrations/versions; test_install checks it against alembic's head.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
+# The current definitions (sql/definitions/<name>.sql), in the order they run: every function,
+# policy, event trigger and grant has its one home there. Revisions change only what holds data;
+# these are applied after the last one, whenever the database has others.
+DEFINITIONS = (
+    "context",
+    "guard",
+    "maintenance",
+    "capture",
+    "partitions",
+    "events",
+    "access",
+    "watch",
+    "refresh",
+    "grants",
+)
 SCHEMA_SQL = "create schema if not exists auditdb"
 INSTALL_LOCK_SQL = "select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.install'))"
 
@@ -47,6 +69,42 @@ def revision_sql(revision: str, concerns: list[str]) -> str:
         name = f"{revision}_{concern}.sql"
         parts.append(f"-- {name}\n" + (root / name).read_text(encoding="utf-8"))
     return "\n".join(parts)
+
+
+def definitions_sql() -> str:
+    """The current definitions, as one script (re-runnable: create or replace, if not exists)."""
+    root = resources.files("auditdb.sql") / "definitions"
+    return "\n".join(
+        f"-- definitions/{name}.sql\n" + (root / f"{name}.sql").read_text(encoding="utf-8") for name in DEFINITIONS
+    )
+
+
+@functools.cache
+def definitions_marker() -> str:
+    """The comment on schema auditdb that says which definitions it holds."""
+    digest = hashlib.sha256(definitions_sql().encode("utf-8")).hexdigest()[:16]
+    return f"auditdb definitions {digest}"
+
+
+def finish_upgrade(conn: psycopg.Connection[Any]) -> bool:
+    """After the revisions: apply the current definitions unless the database has them already.
+
+    Only at the head revision (an install stopped at an older one keeps that one's definitions).
+    Returns whether anything ran.
+    """
+    version = installed_version(conn)
+    if version != HEAD_REVISION:
+        return False
+    row = conn.execute("select pg_catalog.obj_description('auditdb'::regnamespace, 'pg_namespace')").fetchone()
+    marker = definitions_marker()
+    if row and row[0] == marker:
+        return False
+    # auditdb's own DDL: the watchers leave it alone (they are among what is being redefined).
+    conn.execute("select auditdb.begin_maintenance()")
+    conn.execute(definitions_sql().encode("utf-8"))
+    conn.execute(sql.SQL("comment on schema auditdb is {}").format(sql.Literal(marker)))
+    conn.execute("select auditdb.end_maintenance()")
+    return True
 
 
 def run_revision_sql(revision: str, concerns: list[str]) -> None:

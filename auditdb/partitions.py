@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from psycopg import sql
 
 from auditdb.errors import AuditDBError
 
-__all__ = ["Partition", "Pruned", "archive_partition", "ensure", "list_partitions", "prune"]
+__all__ = ["ArchiveDigest", "Partition", "Pruned", "archive_partition", "ensure", "list_partitions", "prune"]
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,15 @@ def archive_partition(
         sql.Identifier(name)
     )
     count = 0
+    digest = ArchiveDigest()
     try:
-        with conn.transaction(), gzip.open(partial, "wt", encoding="utf-8") as out:
+        with conn.transaction(), gzip.open(partial, "wb") as out:
             conn.execute("set transaction isolation level repeatable read")
             with conn.cursor().copy(query) as copy:
                 for row in copy.rows():
-                    out.write(str(row[0]))
-                    out.write("\n")
+                    line = str(row[0]).encode("utf-8") + b"\n"
+                    out.write(line)
+                    digest.add(line)
                     count += 1
                     if progress and count % 100_000 == 0:
                         progress(name, count)
@@ -94,8 +97,39 @@ def archive_partition(
         partial.unlink(missing_ok=True)
         raise
     with conn.transaction():
-        conn.execute("select auditdb.record_archive(%s, %s, %s)", (name, count, str(target.resolve())))
+        conn.execute(
+            "select auditdb.record_archive(%s, %s, %s, %s)", (name, count, str(target.resolve()), digest.hexdigest())
+        )
     return target, count
+
+
+class ArchiveDigest:
+    """The digest auditdb.archive_digest computes: SHA-256 of each run of 10,000 lines, then of those digests.
+
+    The server recomputes it from the partition, so an archive is recorded only by someone who
+    had every byte of it.
+    """
+
+    RUN = 10_000
+
+    def __init__(self) -> None:
+        self._runs = hashlib.sha256()
+        self._run = hashlib.sha256()
+        self._lines = 0
+
+    def add(self, line: bytes) -> None:
+        self._run.update(line)
+        self._lines += 1
+        if self._lines == self.RUN:
+            self._runs.update(self._run.digest())
+            self._run = hashlib.sha256()
+            self._lines = 0
+
+    def hexdigest(self) -> str:
+        total = self._runs.copy()
+        if self._lines:
+            total.update(self._run.digest())
+        return total.hexdigest()
 
 
 def prune(

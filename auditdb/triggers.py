@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from importlib import resources
 from typing import Any
@@ -14,14 +14,21 @@ import pglast
 import psycopg
 from psycopg import sql
 
+from auditdb.columns import BUILTIN, Column, read_columns
 from auditdb.config import Config, Defaults, TableConfig, glob_regex, matches
+from auditdb.context import CONTEXT_BOUNDS
 from auditdb.errors import AuditDBError, ConfigError, NotAuditableError
+from auditdb.expressions import Expression
 from auditdb.names import CAPTURE_TRIGGERS, capture_function_name, qualified
 
 __all__ = ["ApplyResult", "State", "TablePlan", "TableStatus", "apply", "plan_tables", "render_sql", "status"]
 
 # Bump when the template's output changes, so `status` calls existing installs outdated.
-TEMPLATE_VERSION = "2"
+TEMPLATE_VERSION = "3"
+# The shape of tracked_tables.config (3: columns, key, tenant and project by number; expressions
+# with the columns they use).
+CONFIG_FORMAT = 3
+BOOL_OID = 16
 SIGNATURE_PREFIX = "auditdb:"
 
 
@@ -31,16 +38,6 @@ class State(Enum):
     MISSING = "missing"
     DISABLED = "disabled"
     NOT_IN_CONFIG = "not in config"
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    attnum: int
-    type: str
-    comparable: bool
-    mask: str | None  # "full", "last4" or None
-    ignored: bool
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,7 @@ class TablePlan:
     uninstall_sql: str
     signature: str
     resolved: dict[str, Any] = field(default_factory=dict)
+    partition_oids: tuple[int, ...] = ()
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -116,17 +114,19 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
         raise NotAuditableError(
             f"{cfg.qualified} is a partition: track its partitioned table instead (its partitions are captured with it)"
         )
-    attrs = conn.execute(
-        """select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnum
-             from pg_catalog.pg_attribute a
-            where a.attrelid = %s and a.attnum > 0 and not a.attisdropped
-            order by a.attnum""",
-        (oid,),
-    ).fetchall()
-    names = [str(a[0]) for a in attrs]
+    columns = [
+        replace(
+            c,
+            mask="full" if matches(c.name, cfg.mask) else "last4" if matches(c.name, cfg.mask_last4) else None,
+            ignored=matches(c.name, cfg.ignore),
+        )
+        for c in read_columns(conn, oid)
+    ]
+    by_name = {c.name: c for c in columns}
+    names = list(by_name)
 
     def known(column: str, what: str) -> str:
-        if column not in names:
+        if column not in by_name:
             raise ConfigError(f"{cfg.qualified}: {what} names unknown column {column!r} (columns: {', '.join(names)})")
         return column
 
@@ -143,20 +143,13 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
         raise NotAuditableError(
             f'table {cfg.qualified} cannot be audited because it has no primary key: set id = ["column", …] for it'
         )
-    comparable: dict[str, bool] = {}
-    columns = []
-    for name, type_sql, attnum in attrs:
-        if type_sql not in comparable:
-            comparable[type_sql] = _has_equality(conn, type_sql)
-        mask = "full" if matches(name, cfg.mask) else "last4" if matches(name, cfg.mask_last4) else None
-        columns.append(Column(name, attnum, type_sql, comparable[type_sql], mask, matches(name, cfg.ignore)))
     masked = {c.name for c in columns if c.mask}
     name_expr = cfg.name
     if name_expr is not None:
         for _, column in name_expr.columns:
             known(column, "name")
     else:
-        default = next((c for c in ("name", "title", "label") if c in names and c not in masked), None)
+        default = next((c for c in ("name", "title", "label") if c in by_name and c not in masked), None)
         if default:
             from auditdb.expressions import parse_expression
 
@@ -166,7 +159,7 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
             for _, column in rule.when.columns:
                 known(column, f"rule for {rule.action}")
     project = known(cfg.project, "project") if cfg.project else None
-    tenant = cfg.tenant if cfg.tenant and cfg.tenant in names else None
+    tenant = cfg.tenant if cfg.tenant and cfg.tenant in by_name else None
     soft_delete = known(cfg.soft_delete, "soft_delete") if cfg.soft_delete else None
     for what, used in (
         ("id", set(key)),
@@ -180,29 +173,54 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
                 f"{cfg.qualified}: {what} uses masked column(s) {', '.join(leaked)}: it would reveal them"
             )
     partitions = tuple(
-        (str(s), str(t))
-        for s, t in conn.execute(
-            """select n.nspname, c.relname from pg_catalog.pg_partition_tree(%s) p
+        (str(s), str(t), int(relid))
+        for s, t, relid in conn.execute(
+            """select n.nspname, c.relname, c.oid::int8 from pg_catalog.pg_partition_tree(%s) p
                  join pg_catalog.pg_class c on c.oid = p.relid
                  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
                 where p.relid <> %s::regclass order by p.level, c.relname""",
             (oid, oid),
         ).fetchall()
     )
+
+    def seen(alias: str, column: str) -> str | None:
+        col = by_name[column]
+        return None if col.kind == BUILTIN else col.seen_by_expressions(alias)
+
+    def uses(expression: Expression | None, extra: tuple[str, ...] = ()) -> list[list[Any]]:
+        used = sorted({c for _, c in expression.columns} if expression else set()) + list(extra)
+        return [[by_name[c].attnum, c, by_name[c].type_oid] for c in used]
+
     soft_sql = None
     if soft_delete:
-        col = next(c for c in columns if c.name == soft_delete)
+        col = by_name[soft_delete]
         # Set means true for a boolean column, not null for any other (a deletion timestamp).
-        soft_sql = (
-            (
-                sql.SQL("(o.{c} is not true and n.{c} is true)")
-                if col.type == "boolean"
-                else sql.SQL("(o.{c} is null and n.{c} is not null)")
+        if col.type_oid == BOOL_OID:
+            soft_sql = (
+                sql.SQL("(o.{c} is not true and n.{c} is true)").format(c=sql.Identifier(soft_delete)).as_string()
             )
-            .format(c=sql.Identifier(soft_delete))
-            .as_string()
-        )
+        else:
+            soft_sql = f"({col.seen_by_expressions('o')} is null and {col.seen_by_expressions('n')} is not null)"
     function = capture_function_name(cfg.schema, cfg.table)
+    targets = [(cfg.schema, cfg.table, oid), *partitions]
+    name_sql = {"n": name_expr.render({"": "n"}, seen), "o": name_expr.render({"": "o"}, seen)} if name_expr else None
+    rules = [
+        {
+            "on": r.on,
+            "action": r.action,
+            "when": r.when.render({"old": "o", "new": "n"}, seen) if r.when else None,
+            "uses": uses(r.when),
+        }
+        for event in ("INSERT", "UPDATE", "DELETE")
+        for r in cfg.rules
+        if r.on == event
+    ]
+
+    strays = _stray_triggers(conn, function, [relid for _, _, relid in targets])
+
+    def row_column(column: str | None) -> dict[str, str] | None:
+        return {"n": by_name[column].text("n"), "o": by_name[column].text("o")} if column else None
+
     context = {
         "function": _ident("auditdb", function),
         "table_lit": _lit(_ident(cfg.schema, cfg.table)),
@@ -211,43 +229,88 @@ def _resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: De
         "partitioned": relkind == "p",
         "columns": [
             {
-                "ident": _ident(c.name),
                 "lit": _lit(c.name),
-                "mask": c.mask,
+                "value_n": c.value("n"),
+                "value_o": c.value("o"),
+                "changed": c.changed(),
                 "ignored": c.ignored,
-                # Types without equality (json, xml, point…) are compared as text.
-                "changed": (
-                    sql.SQL("o.{c} is distinct from n.{c}")
-                    if c.comparable
-                    else sql.SQL("o.{c}::text is distinct from n.{c}::text")
-                )
-                .format(c=sql.Identifier(c.name))
-                .as_string(),
             }
             for c in columns
         ],
-        "key": [{"ident": _ident(k), "lit": _lit(k)} for k in key],
-        "name": {"n": name_expr.render({"": "n"}), "o": name_expr.render({"": "o"})} if name_expr else None,
-        "project": _ident(project) if project else None,
-        "tenant": _ident(tenant) if tenant else None,
-        "project_column": project,
-        "tenant_column": tenant,
-        "system_role_names": defaults.system_roles,
+        "key": [
+            {
+                "lit": _lit(k),
+                "text_n": by_name[k].text("n"),
+                "text_o": by_name[k].text("o"),
+                "value_n": by_name[k].value("n", masked=False),
+                "value_o": by_name[k].value("o", masked=False),
+                "same": by_name[k].same(),
+            }
+            for k in key
+        ],
+        "name": name_sql,
+        "project": row_column(project),
+        "tenant": row_column(tenant),
         "soft_delete": soft_sql,
         "rules": {
-            event: [
-                {"action": _lit(r.action), "when": r.when.render({"old": "o", "new": "n"}) if r.when else None}
-                for r in cfg.rules
-                if r.on == event
-            ]
+            event: [{"action": _lit(r["action"]), "when": r["when"]} for r in rules if r["on"] == event]
             for event in ("INSERT", "UPDATE", "DELETE")
         },
         "require_actor": defaults.require_actor,
         "system_roles": "array[" + ", ".join(_lit(r) for r in defaults.system_roles) + "]::text[]",
-        "targets": [_ident(s, t) for s, t in [(cfg.schema, cfg.table), *partitions]],
+        "context": [(f"ctx_{field}", field, bound) for field, bound in CONTEXT_BOUNDS.items() if field != "ip"],
+        "ip_bound": CONTEXT_BOUNDS["ip"],
+        "targets": [_ident(s, t) for s, t, _ in targets],
+        "stray_triggers": {_ident(s, t): strays[relid] for s, t, relid in targets if relid in strays},
         "triggers": CAPTURE_TRIGGERS,
     }
-    return _finish(cfg, oid, relkind == "p", tuple(columns), key, partitions, function, context)
+    resolved = {
+        # What the generic capture function (used after a schema change) and the DDL watchers need:
+        # settings, rendered expressions with the columns (by number) they were written for, and
+        # how to treat columns added later.
+        "format": CONFIG_FORMAT,
+        "entity_type": cfg.entity_type,
+        "columns": [[c.name, c.type_oid, c.typmod] for c in columns],
+        "key": [[by_name[k].attnum, k] for k in key],
+        "masked_full_attnums": [c.attnum for c in columns if c.mask == "full"],
+        "masked_last4_attnums": [c.attnum for c in columns if c.mask == "last4"],
+        "mask_regex": [glob_regex(g) for g in cfg.mask],
+        "mask_last4_regex": [glob_regex(g) for g in cfg.mask_last4],
+        "ignore_regex": [glob_regex(g) for g in cfg.ignore],
+        "project": [by_name[project].attnum, project] if project else None,
+        "tenant": [by_name[tenant].attnum, tenant] if tenant else None,
+        "soft_delete": {"sql": soft_sql, "uses": uses(None, (soft_delete,))} if soft_sql and soft_delete else None,
+        "name": {**name_sql, "uses": uses(name_expr)} if name_sql else None,
+        "rules": rules,
+        "require_actor": defaults.require_actor,
+        "system_roles": list(defaults.system_roles),
+    }
+    return _finish(
+        cfg,
+        oid,
+        relkind == "p",
+        tuple(columns),
+        key,
+        tuple((s, t) for s, t, _ in partitions),
+        function,
+        context,
+        resolved,
+        [relid for _, _, relid in partitions],
+    )
+
+
+def _stray_triggers(conn: psycopg.Connection[Any], function: str, relids: list[int]) -> dict[int, list[str]]:
+    """Capture triggers renamed away from their names, by table: apply drops them (else they capture twice)."""
+    rows = conn.execute(
+        """select t.tgrelid::int8, t.tgname from pg_catalog.pg_trigger t
+            where t.tgrelid = any(%s::oid[]) and t.tgfoid = pg_catalog.to_regprocedure(%s)
+              and not (t.tgname = any(%s))""",
+        (relids, f"auditdb.{_ident(function)}()", list(CAPTURE_TRIGGERS.values())),
+    ).fetchall()
+    stray: dict[int, list[str]] = {}
+    for relid, name in rows:
+        stray.setdefault(int(relid), []).append(_ident(str(name)))
+    return stray
 
 
 def _finish(
@@ -259,59 +322,32 @@ def _finish(
     partitions: tuple[tuple[str, str], ...],
     function: str,
     context: dict[str, Any],
+    resolved: dict[str, Any],
+    partition_oids: list[int],
 ) -> TablePlan:
     draft = _env.get_template("capture.sql.j2").render(**context, signature="'auditdb:pending'")
     digest = hashlib.sha256(draft.encode()).hexdigest()[:16]
     signature = f"{SIGNATURE_PREFIX}{TEMPLATE_VERSION}:{digest}"
     install_sql = _env.get_template("capture.sql.j2").render(**context, signature=_lit(signature))
-    install_sql = "set local role auditdb_owner;\n" + install_sql.replace(
-        f"\ncomment on function {context['function']}() is {_lit(signature)};\n",
-        f"\ncomment on function {context['function']}() is {_lit(signature)};\nreset role;\n",
-        1,
-    )
     uninstall_sql = _env.get_template("uncapture.sql.j2").render(
         targets=context["targets"], triggers=CAPTURE_TRIGGERS, functions=[context["function"]]
     )
     check_sql(install_sql)
     check_sql(uninstall_sql)
-    resolved = {
-        # What the generic capture function (used after a schema change) needs to produce the
-        # same entries: settings, rendered expressions, and how to treat columns added later.
-        "entity_type": cfg.entity_type,
-        "id": list(key),
-        "column_types": [[c.name, c.type] for c in columns],
-        "masked_full_attnums": [c.attnum for c in columns if c.mask == "full"],
-        "masked_last4_attnums": [c.attnum for c in columns if c.mask == "last4"],
-        "mask_regex": [glob_regex(g) for g in cfg.mask],
-        "mask_last4_regex": [glob_regex(g) for g in cfg.mask_last4],
-        "ignore_regex": [glob_regex(g) for g in cfg.ignore],
-        "project": context["project_column"],
-        "tenant": context["tenant_column"],
-        "soft_delete": {"sql": context["soft_delete"]} if context["soft_delete"] else None,
-        "name": context["name"],
-        "rules": [
-            {"on": event, "action": r.action, "when": r.when.render({"old": "o", "new": "n"}) if r.when else None}
-            for event in ("INSERT", "UPDATE", "DELETE")
-            for r in cfg.rules
-            if r.on == event
-        ],
-        "require_actor": context["require_actor"],
-        "system_roles": list(context["system_role_names"]),
-    }
     return TablePlan(
-        cfg, oid, partitioned, columns, key, partitions, function, install_sql, uninstall_sql, signature, resolved
+        cfg,
+        oid,
+        partitioned,
+        columns,
+        key,
+        partitions,
+        function,
+        install_sql,
+        uninstall_sql,
+        signature,
+        resolved,
+        tuple(partition_oids),
     )
-
-
-def _has_equality(conn: psycopg.Connection[Any], type_sql: str) -> bool:
-    """Whether IS DISTINCT FROM works on the type (json, xml, point… have no equality)."""
-    probe = sql.SQL("select null::{t} is distinct from null::{t}").format(t=sql.SQL(type_sql))
-    try:
-        with conn.transaction():
-            conn.execute(probe)
-        return True
-    except psycopg.errors.UndefinedFunction:
-        return False
 
 
 def check_sql(text: str) -> None:
@@ -334,12 +370,17 @@ def render_sql(plans: list[TablePlan]) -> str:
 
 
 def _installed(conn: psycopg.Connection[Any]) -> dict[int, list[tuple[int, str, str, str | None]]]:
-    """Capture triggers found in the database, grouped by the root table they serve."""
+    """Capture triggers found in the database (by name, or by a capture function whatever their
+    name), grouped by the root table they serve."""
     rows = conn.execute(
         """select coalesce(pg_catalog.pg_partition_root(t.tgrelid), t.tgrelid)::oid, t.tgrelid::oid,
                   t.tgname, t.tgenabled, pg_catalog.obj_description(t.oid, 'pg_trigger')
              from pg_catalog.pg_trigger t
-            where t.tgname = any(%s) and not t.tgisinternal""",
+            where not t.tgisinternal
+              and (t.tgname = any(%s)
+                   or t.tgfoid in (select p.oid from pg_catalog.pg_proc p
+                                    where p.pronamespace = 'auditdb'::regnamespace
+                                      and p.proname like 'auditdb\\_capture\\_%%'))""",
         (list(CAPTURE_TRIGGERS.values()),),
     ).fetchall()
     found: dict[int, list[tuple[int, str, str, str | None]]] = {}
@@ -357,23 +398,29 @@ def _table_state(
     disabled = sorted({n for _, n, enabled, _ in triggers if enabled != "A"})
     if disabled:
         return TableStatus(name, State.DISABLED, f"not enabled ALWAYS: {', '.join(disabled)}")
-    generic = conn.execute(
-        "select obj_description(to_regprocedure(%s), 'pg_proc') = 'auditdb:generic'",
+    renamed = sorted({n for _, n, _, _ in triggers if n not in CAPTURE_TRIGGERS.values()})
+    if renamed:
+        return TableStatus(name, State.OUTDATED, f"capture trigger(s) renamed: {', '.join(renamed)}; run apply")
+    function = conn.execute(
+        """select pg_catalog.obj_description(p.oid, 'pg_proc'), p.prosecdef and p.proowner = 'auditdb_capture'::regrole
+             from pg_catalog.pg_proc p where p.oid = pg_catalog.to_regprocedure(%s)""",
         (f"auditdb.{_ident(plan.function)}()",),
     ).fetchone()
-    if generic and generic[0]:
-        return TableStatus(name, State.OUTDATED, "table changed since apply: generic capture in use, run apply")
+    if function is None:
+        return TableStatus(name, State.OUTDATED, "capture function missing")
+    if function[0] == "auditdb:generic":
+        return TableStatus(
+            name, State.OUTDATED, "table changed since apply (or auditdb upgraded): generic capture in use, run apply"
+        )
+    if not function[1]:
+        return TableStatus(name, State.OUTDATED, "capture function not as apply made it (owner or security changed)")
     expected = {(oid, t) for oid in _target_oids(conn, plan) for t in CAPTURE_TRIGGERS.values()}
     present = {(relid, n) for relid, n, _, _ in triggers}
     if expected - present:
         return TableStatus(name, State.OUTDATED, f"{len(expected - present)} trigger(s) missing (new partitions?)")
     if any(c != plan.signature for _, _, _, c in triggers):
         return TableStatus(name, State.OUTDATED, "generated from another config or auditdb version")
-    function_ok = conn.execute(
-        "select obj_description(to_regprocedure(%s), 'pg_proc') = %s",
-        (f"auditdb.{_ident(plan.function)}()", plan.signature),
-    ).fetchone()
-    if not function_ok or not function_ok[0]:
+    if function[0] != plan.signature:
         return TableStatus(name, State.OUTDATED, "capture function missing or changed")
     return TableStatus(name, State.INSTALLED)
 
@@ -383,7 +430,13 @@ def _target_oids(conn: psycopg.Connection[Any], plan: TablePlan) -> list[int]:
     return [int(r[0]) for r in rows] or [plan.oid]
 
 
-EVENT_TRIGGERS = ("auditdb_ddl_command_end", "auditdb_sql_drop")
+EVENT_TRIGGERS = (
+    "auditdb_ddl_command_end",
+    "auditdb_sql_drop",
+    "auditdb_table_rewrite",
+    "auditdb_guard_ddl",
+    "auditdb_guard_drop",
+)
 
 
 def event_trigger_status(conn: psycopg.Connection[Any]) -> list[TableStatus]:
@@ -404,35 +457,52 @@ def event_trigger_status(conn: psycopg.Connection[Any]) -> list[TableStatus]:
     return result
 
 
-# Recreates auditdb's event triggers (as 0001_events.sql made them) where missing or not ALWAYS.
-REPAIR_EVENT_TRIGGERS = """
-do $$
-begin
-    if not exists (select from pg_catalog.pg_event_trigger where evtname = 'auditdb_ddl_command_end') then
-        create event trigger auditdb_ddl_command_end on ddl_command_end execute function auditdb.on_ddl_command_end();
-    end if;
-    if not exists (select from pg_catalog.pg_event_trigger where evtname = 'auditdb_sql_drop') then
-        create event trigger auditdb_sql_drop on sql_drop execute function auditdb.on_sql_drop();
-    end if;
-end
-$$;
-alter event trigger auditdb_ddl_command_end enable always;
-alter event trigger auditdb_sql_drop enable always;
-"""
+# Recreates auditdb's event triggers where missing or not ALWAYS (sql/definitions/watch.sql).
+REPAIR_EVENT_TRIGGERS = "select auditdb.ensure_event_triggers();"
+
+
+def _plans_or_states(conn: psycopg.Connection[Any], config: Config) -> tuple[list[TablePlan], list[TableStatus]]:
+    """Each configured table resolved; one that cannot be (renamed, dropped) becomes a state, not an abort."""
+    plans: list[TablePlan] = []
+    broken: list[TableStatus] = []
+    for table in config.tables:
+        try:
+            plans.append(_resolve_table(conn, table, config.defaults))
+        except AuditDBError as e:
+            now = conn.execute(
+                """select format('%%I.%%I', n.nspname, c.relname) from auditdb.tracked_tables t
+                     join pg_catalog.pg_class c on c.oid = t.relid
+                     join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                    where t.table_name = %s""",
+                (table.qualified,),
+            ).fetchone()
+            detail = f"renamed to {now[0]} since apply: update auditdb.toml" if now else str(e)
+            broken.append(TableStatus(table.qualified, State.MISSING, detail))
+    return plans, broken
 
 
 def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableStatus]:
     """Each configured table's state, then tables captured but no longer configured.
 
-    Event triggers that are missing or not ALWAYS come first: they keep capture complete.
+    Event triggers that are missing or not ALWAYS come first: they keep capture complete. A
+    configured table that is gone or renamed is reported as such; the others are still checked.
     """
     found = _installed(conn)
     result = event_trigger_status(conn)
     configured: set[int] = set()
-    for plan in plan_tables(conn, config) if config else []:
+    plans, broken = _plans_or_states(conn, config) if config else ([], [])
+    for plan in plans:
         configured.add(plan.oid)
         result.append(_table_state(conn, plan, found.get(plan.oid, [])))
+    result.extend(broken)
+    renamed = (
+        {int(r[0]) for r in conn.execute("select relid::oid from auditdb.tracked_tables").fetchall()}
+        if broken
+        else set()
+    )
     for root in sorted(set(found) - configured):
+        if root in renamed:
+            continue  # reported above under its configured name
         result.append(TableStatus(_regclass(conn, root), State.NOT_IN_CONFIG, "captured but not configured"))
     return result
 
@@ -441,6 +511,8 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
     """Make the database's capture match the config, in one transaction."""
     with conn.transaction():
         conn.execute("select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.apply'))")
+        # Names in what follows resolve to PostgreSQL's own objects, never to ones planted elsewhere.
+        conn.execute("set local search_path = pg_catalog, pg_temp")
         plans = plan_tables(conn, config)
         found = _installed(conn)
         statements: list[str] = []
@@ -465,32 +537,50 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
         text = "\n".join(statements)
         if dry_run:
             return ApplyResult(text, added, replaced, removed, unchanged)
+        # Mark the transaction as auditdb's own while it runs, so the event triggers do not log
+        # each trigger it replaces; the whole apply is logged once below instead.
+        conn.execute("select auditdb.begin_maintenance()")
         if text:
-            # Mark the transaction as auditdb's own, so the event triggers do not log each
-            # trigger it replaces; the whole apply is logged once below instead.
-            conn.execute("select auditdb.begin_maintenance()")
             conn.execute(text.encode())
             conn.execute(
                 "select auditdb.log_audit_change('AuditConfig', 'apply', 'auditdb apply', null, %s)",
                 (json.dumps({"operation": "apply", "added": added, "updated": replaced, "removed": removed}),),
             )
         conn.execute("delete from auditdb.tracked_tables where not (relid::oid = any(%s))", (list(configured),))
-        # Event metadata is masked with the same globs (auditdb.emit reads them from here).
-        for name, globs in (("mask_regex", config.defaults.mask), ("mask_last4_regex", config.defaults.mask_last4)):
+        defaults = config.defaults
+        settings = {
+            # Event metadata is masked with the same globs (auditdb.emit reads them from here).
+            "mask_regex": [glob_regex(g) for g in defaults.mask],
+            "mask_last4_regex": [glob_regex(g) for g in defaults.mask_last4],
+            # The DDL watchers read these.
+            "refuse_data_ddl": defaults.refuse_data_ddl,
+            "system_roles": list(defaults.system_roles),
+        }
+        for name, value in settings.items():
             conn.execute(
-                "update auditdb.settings set value = %s where name = %s",
-                (json.dumps([glob_regex(g) for g in globs]), name),
+                """insert into auditdb.settings (name, value) values (%s, %s)
+                   on conflict (name) do update set value = excluded.value""",
+                (name, json.dumps(value)),
             )
         for plan in plans:
             conn.execute(
-                """insert into auditdb.tracked_tables (relid, table_name, function_name, config, signature)
-                   values (%s, %s, %s, %s, %s)
+                """insert into auditdb.tracked_tables (relid, table_name, function_name, config, signature, partitions)
+                   values (%s, %s, %s, %s, %s, %s)
                    on conflict (relid) do update
                    set table_name = excluded.table_name, function_name = excluded.function_name,
-                       config = excluded.config, signature = excluded.signature, applied_at = now()
-                   where auditdb.tracked_tables.signature is distinct from excluded.signature""",
-                (plan.oid, plan.config.qualified, plan.function, json.dumps(plan.resolved), plan.signature),
+                       config = excluded.config, signature = excluded.signature, partitions = excluded.partitions,
+                       applied_at = case when auditdb.tracked_tables.signature is distinct from excluded.signature
+                                         then now() else auditdb.tracked_tables.applied_at end""",
+                (
+                    plan.oid,
+                    plan.config.qualified,
+                    plan.function,
+                    json.dumps(plan.resolved),
+                    plan.signature,
+                    list(plan.partition_oids),
+                ),
             )
+        conn.execute("select auditdb.end_maintenance()")
     return ApplyResult(text, added, replaced, removed, unchanged)
 
 

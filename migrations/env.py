@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import psycopg
 from alembic import context
 
-from auditdb.install import INSTALL_LOCK_SQL, SCHEMA_SQL, VERSION_TABLE, VERSION_TABLE_SCHEMA
+from auditdb.install import (
+    INSTALL_LOCK_SQL,
+    SCHEMA_SQL,
+    VERSION_TABLE,
+    VERSION_TABLE_SCHEMA,
+    definitions_marker,
+    definitions_sql,
+    finish_upgrade,
+)
 
 config = context.config
 
@@ -20,6 +29,11 @@ def run_offline() -> None:
     with context.begin_transaction():
         context.execute(SCHEMA_SQL)
         context.run_migrations()
+        # The current definitions follow the last revision (auditdb.install.finish_upgrade).
+        context.execute("select auditdb.begin_maintenance()")
+        context.execute(definitions_sql())
+        context.execute(f"comment on schema auditdb is '{definitions_marker()}'")
+        context.execute("select auditdb.end_maintenance()")
 
 
 def run_online() -> None:
@@ -36,6 +50,9 @@ def run_online() -> None:
         connection.exec_driver_sql(INSTALL_LOCK_SQL)
         connection.exec_driver_sql(SCHEMA_SQL)
         context.run_migrations()
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        finish_upgrade(driver)
 
 
 if context.is_offline_mode():

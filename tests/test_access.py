@@ -50,14 +50,26 @@ def test_bound_viewer_sees_its_tenants_whatever_it_sets(
     ]
 
 
-def test_unlisted_viewer_sees_the_tenant_it_sets_or_nothing(
+def test_unlisted_viewer_sees_nothing_whatever_it_sets(
     dsn: str, dbname: str, pg_server: Server, tenants_log: None, make_role: MakeRole
 ) -> None:
     role = make_role()
     CliRunner().invoke(cli, ["--dsn", dsn, "grant", role, "--viewer"])
     assert _visible(pg_server, dbname, role) == []
+    assert _visible(pg_server, dbname, role, "set auditdb.tenant_id = 't2'") == []
+
+
+def test_tenant_from_context_is_granted_explicitly_and_reads_the_tenant_it_sets(
+    dsn: str, dbname: str, pg_server: Server, tenants_log: None, make_role: MakeRole
+) -> None:
+    role = make_role()
+    result = CliRunner().invoke(cli, ["--dsn", dsn, "grant", role, "--viewer", "--tenant-from-context"])
+    assert result.exit_code == 0, result.output
+    assert _visible(pg_server, dbname, role) == []
     assert _visible(pg_server, dbname, role, "set auditdb.tenant_id = ''") == []
     assert _visible(pg_server, dbname, role, "set auditdb.tenant_id = 't2'") == ["t2"]
+    CliRunner().invoke(cli, ["--dsn", dsn, "revoke", role, "--viewer", "--tenant-from-context"])
+    assert _visible(pg_server, dbname, role, "set auditdb.tenant_id = 't2'") == []
 
 
 def test_anyone_else_is_refused_with_the_missing_role_named(

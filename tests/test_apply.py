@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
+from auditdb.triggers import EVENT_TRIGGERS
 from tests.fix_capture import entries
 from tests.fix_db import scalar
 
@@ -57,7 +58,7 @@ def test_apply_then_status_then_apply_again(conn: psycopg.Connection[Any], proje
         """select distinct proowner::regrole::text from pg_proc
                              where proname like 'auditdb\\_capture\\_%'""",
     )
-    assert owner == "auditdb_owner"
+    assert owner == "auditdb_capture"  # append-only, never auditdb_owner (tests/hardening/test_untrusted_code.py)
     status = _cli(conn, project, "status")
     assert status.exit_code == 0 and status.output.count("installed") == 3
     again = _cli(conn, project, "apply")
@@ -134,4 +135,4 @@ def test_status_checks_event_triggers_and_apply_restores_them(conn: psycopg.Conn
     assert repaired.exit_code == 0, repaired.output
     assert _cli(conn, project, "status").exit_code == 0
     states = dict(conn.execute("select evtname, evtenabled from pg_event_trigger").fetchall())
-    assert states == {"auditdb_ddl_command_end": "A", "auditdb_sql_drop": "A"}
+    assert states == dict.fromkeys(EVENT_TRIGGERS, "A")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ from click.testing import CliRunner
 
 import auditdb
 from auditdb.cli import cli
-from auditdb.worker import Worker
+from tests.fix_db import scalar
+from tests.fix_worker import start_worker
 
 
 def _doctor(dsn: str, config: Path | None = None) -> tuple[int, dict[str, str]]:
@@ -24,8 +26,15 @@ def test_healthy_database_passes(conn: psycopg.Connection[Any], dsn: str, tmp_pa
     conn.execute("create table t (id int primary key)")
     (tmp_path / "auditdb.toml").write_text('[tables."public.t"]\n')
     CliRunner().invoke(cli, ["--dsn", dsn, "--config", str(tmp_path / "auditdb.toml"), "apply"])
-    Worker(dsn).run(once=True)
-    code, lines = _doctor(dsn, tmp_path / "auditdb.toml")
+    worker = start_worker(dsn, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not scalar(conn, "select count(*) from auditdb.worker_heartbeat") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, lines = _doctor(dsn, tmp_path / "auditdb.toml")
+    finally:
+        worker.terminate()
+        worker.wait(30)
     assert code == 0, lines
     for name in (
         "connection",
@@ -34,6 +43,7 @@ def test_healthy_database_passes(conn: psycopg.Connection[Any], dsn: str, tmp_pa
         "tracked tables",
         "worker",
         "event queue",
+        "dead letters",
         "partitions",
         "default partition",
     ):

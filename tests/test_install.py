@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
-from auditdb.install import HEAD_REVISION, alembic_head, install
+from auditdb.install import HEAD_REVISION, alembic_head, definitions_marker, install
 from tests.fix_db import scalar
 
 LOG_COLUMNS = {
@@ -54,6 +54,7 @@ FROZEN_SQL = {
     "0004_queue.sql": "da4ae07cfb0975ad9738259cb5f638e07a1b5a97aa58f0dc2179725abf02094e",
     "0005_events.sql": "9932f61b5e6f46b1e618081f0ab0dab2fd2a7c7d97c459afab096cb12ea42e38",
     "0006_log.sql": "efbf87770c0051188510531244ea44b1ab70c684a374327d1af38e065307e937",
+    "0007_trust.sql": "cd915f76e401a758f9108cebaff1d93fbb5d2c28a0fc8a9e523b82437c0d2a41",
 }
 
 
@@ -118,8 +119,8 @@ def test_install_upgrades_an_older_schema(empty_db: str) -> None:
     assert f"upgraded auditdb from schema version 0001 to {HEAD_REVISION}" in result.output
     with psycopg.connect(empty_db) as conn:
         assert scalar(conn, "select version_num from auditdb.alembic_version") == HEAD_REVISION
-        source = scalar(conn, "select prosrc from pg_proc where oid = 'auditdb.capture_generic'::regproc")
-        assert "by_key" in source
+        marker = scalar(conn, "select obj_description('auditdb'::regnamespace, 'pg_namespace')")
+        assert marker == definitions_marker()
 
 
 def test_install_keeps_existing_roles(empty_db: str, conn: psycopg.Connection[Any]) -> None:

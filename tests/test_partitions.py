@@ -153,7 +153,7 @@ def test_prune_with_export_dir_archives_verifies_and_logs(conn: psycopg.Connecti
     assert sorted(e["metadata"]["n"] for e in entries) == list(range(1, 251))
     assert not list(tmp_path.glob(".*partial"))
     logged = conn.execute("select entity_id, metadata from auditdb.log where action = 'AUDIT_CHANGED'").fetchall()
-    assert [(e, m["rows"], m["operation"]) for e, m in logged] == [(name, 250, "prune")]
+    assert [(e, m["rows"], m["operation"]) for e, m in logged] == [(name, 250, "archive"), (name, 250, "prune")]
 
 
 def test_prune_force_drops_without_archive(conn: psycopg.Connection[Any]) -> None:
@@ -166,6 +166,7 @@ def test_prune_force_drops_without_archive(conn: psycopg.Connection[Any]) -> Non
 
 def test_record_archive_refuses_a_short_archive(conn: psycopg.Connection[Any]) -> None:
     name = _past_partition(conn, 2, rows=4)
+    digest = scalar(conn, "select sha256 from auditdb.archive_digest(%s)", (name,))
     with pytest.raises(psycopg.errors.DataException, match="holds 3 rows"), conn.transaction():
-        conn.execute("select auditdb.record_archive(%s, 3, '/tmp/x')", (name,))
+        conn.execute("select auditdb.record_archive(%s, 3, '/tmp/x', %s)", (name, digest))
     assert scalar(conn, "select count(*) from auditdb.partition_archive") == 0

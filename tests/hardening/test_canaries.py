@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import auditdb
 from auditdb.cli import cli
+from auditdb.context import CONTEXT_BOUNDS
 from auditdb.worker import Worker
 from tests.fix_capture import Track, entries
 from tests.fix_db import scalar
@@ -95,7 +96,8 @@ def test_hostile_input_never_breaks_a_write(conn: psycopg.Connection[Any], dsn: 
     Worker(dsn).run(once=True)
     logged = entries(conn)
     assert [e["entity_name"] for e in logged[:-1]] == values
-    assert logged[-1]["metadata"]["v"] == values and len(logged[-1]["user_agent"]) == 1_000_000
+    # Free-text context is kept to its bound (CONTEXT_BOUNDS): the write succeeds, the value is cut.
+    assert logged[-1]["metadata"]["v"] == values and len(logged[-1]["user_agent"]) == CONTEXT_BOUNDS["user_agent"]
     out = CliRunner().invoke(cli, ["--dsn", dsn, "log", "--limit", "100"]).output
     assert "\x1b" not in out and "\x07" not in out
 

@@ -83,4 +83,4 @@ def test_add_drop_rename_columns_and_rename_table_under_load(
     doctor = CliRunner().invoke(cli, ["--dsn", dsn, "--config", str(tmp_path / "auditdb.toml"), "doctor"])
     assert doctor.exit_code == 1
     [tracked] = [line for line in doctor.output.splitlines() if "tracked tables" in line]
-    assert tracked.startswith("fail") and "public.orders does not exist" in tracked
+    assert tracked.startswith("fail") and "public.orders missing (renamed to public.orders_v2" in tracked
