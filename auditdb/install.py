@@ -102,6 +102,9 @@ def finish_upgrade(conn: psycopg.Connection[Any]) -> bool:
     # auditdb's own DDL: the watchers leave it alone (they are among what is being redefined).
     conn.execute("select auditdb.begin_maintenance()")
     conn.execute(definitions_sql().encode("utf-8"))
+    from auditdb.upgrade import upgrade_configs
+
+    upgrade_configs(conn)
     conn.execute(sql.SQL("comment on schema auditdb is {}").format(sql.Literal(marker)))
     conn.execute("select auditdb.end_maintenance()")
     return True

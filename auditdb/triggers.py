@@ -20,14 +20,12 @@ from auditdb.context import CONTEXT_BOUNDS
 from auditdb.errors import AuditDBError, ConfigError, NotAuditableError
 from auditdb.expressions import Expression
 from auditdb.names import CAPTURE_TRIGGERS, capture_function_name, qualified
+from auditdb.upgrade import CONFIG_FORMAT
 
 __all__ = ["ApplyResult", "State", "TablePlan", "TableStatus", "apply", "plan_tables", "render_sql", "status"]
 
 # Bump when the template's output changes, so `status` calls existing installs outdated.
 TEMPLATE_VERSION = "3"
-# The shape of tracked_tables.config (3: columns, key, tenant and project by number; expressions
-# with the columns they use).
-CONFIG_FORMAT = 3
 BOOL_OID = 16
 SIGNATURE_PREFIX = "auditdb:"
 
@@ -476,7 +474,9 @@ def _plans_or_states(conn: psycopg.Connection[Any], config: Config) -> tuple[lis
                     where t.table_name = %s""",
                 (table.qualified,),
             ).fetchone()
-            detail = f"renamed to {now[0]} since apply: update auditdb.toml" if now else str(e)
+            detail = (
+                f"renamed to {now[0]} since apply: update auditdb.toml" if now and now[0] != table.qualified else str(e)
+            )
             broken.append(TableStatus(table.qualified, State.MISSING, detail))
     return plans, broken
 

@@ -4,8 +4,6 @@
 --   * auditdb_capture: the role capture runs as. It may append entries to the log (never choose
 --     their id, time, transaction or database user) and read the tracked-table registry; nothing
 --     else. Capture functions move to it from auditdb_owner.
---   * auditdb_counter: counts the rows of a partition that leaves or joins a tracked table. It
---     holds no privilege but SELECT on that one table, and only while it counts.
 --   * the registry remembers each tracked table's partitions, so one that leaves or joins is seen;
 --   * readers allowed to read the tenant named in their session are listed (never fallen into);
 --   * events the worker could not log are set aside, not retried for ever;
@@ -15,7 +13,7 @@ do $$
 declare
     role_name text;
 begin
-    foreach role_name in array array['auditdb_capture', 'auditdb_counter']
+    foreach role_name in array array['auditdb_capture']
     loop
         if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
             execute pg_catalog.format('create role %I nologin noinherit', role_name);

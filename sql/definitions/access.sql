@@ -143,8 +143,7 @@ comment on function auditdb.filter_sql(jsonb) is 'auditdb: the WHERE clause of l
 -- select for this login under its own snapshot and read scope, counted here (a caller cannot
 -- record other figures). An export that failed part-way is recorded with complete = false and
 -- rows_sent, the client's own count of what it wrote.
--- definer: counts auditdb.log rows within the session user's read scope, built from checked filters
--- with every value quoted (filter_sql); writes one DATA_EXPORTED entry.
+-- definer: counts the log within the session user's read scope by quoted filters; writes one entry.
 create or replace function auditdb.log_export(filters jsonb, export_format text, actor_id text, actor_email text,
                                               complete boolean default true, rows_sent bigint default null)
 returns bigint

@@ -73,9 +73,10 @@ as $$
              group by g) c
 $$;
 
--- definer: runs as auditdb_capture (like every capture function); reads the trigger's transition
--- tables only through SQL built from the catalog, showing values of non-builtin types through
--- their output functions and running only expressions `apply` checked, after checking their columns.
+-- Reads the trigger's transition tables only through SQL built from the catalog, shows values of
+-- non-builtin types through their output functions, and runs only expressions `apply` checked,
+-- after checking that their columns are still the ones they were written for.
+-- definer: runs as append-only auditdb_capture; calls no cast, operator or function an application type brings.
 create or replace function auditdb.capture_generic() returns trigger
 language plpgsql
 security definer

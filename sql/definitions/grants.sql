@@ -7,7 +7,6 @@
 revoke all on all functions in schema auditdb from public;
 alter default privileges for role auditdb_owner revoke execute on functions from public;
 alter default privileges for role auditdb_capture revoke execute on functions from public;
-alter default privileges for role auditdb_counter revoke execute on functions from public;
 
 revoke all on all tables in schema auditdb from public;
 revoke all on all sequences in schema auditdb from public;

@@ -15,31 +15,13 @@
 -- These functions belong to the installing superuser (creating a partition's capture triggers
 -- needs rights on tables nobody else has), so none of them runs code another role controls: they
 -- read the catalog and auditdb's tables, run DDL whose names come from the catalog, and count a
--- partition's rows only through auditdb.count_rows, as auditdb_counter holding SELECT on that one
--- partition for that one call. auditdb's own upkeep (apply, partitions) marks its transaction
+-- partition's rows with COPY of the table, which plans nothing and calls only output functions
+-- (auditdb.counted_rows). auditdb's own upkeep (apply, partitions) marks its transaction
 -- (auditdb.begin_maintenance) and logs itself.
 
--- The rows of one table, counted as auditdb_counter: whatever code the table's owner attached to
--- reading it (index expressions, for instance) runs with no rights beyond reading that table.
-create or replace function auditdb.count_rows(rel regclass) returns bigint
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-    n bigint;
-begin
-    execute format('select count(*) from only %s', rel) into n;
-    return n;
-end
-$$;
-
-comment on function auditdb.count_rows(regclass) is 'auditdb: count a table''s rows as auditdb_counter (which holds SELECT only while counting)';
-
-alter function auditdb.count_rows(regclass) owner to auditdb_counter;
-
--- Count a table's rows without a superuser running anything its owner controls.
+-- The rows of one table, counted without running anything its owner controls: COPY of a table
+-- (not of a query) reads the heap directly, with no planner to fold the owner's index predicates or
+-- expressions, and formats each value with its type's output function (C, made by a superuser).
 create or replace function auditdb.counted_rows(rel regclass) returns bigint
 language plpgsql
 security invoker
@@ -47,23 +29,18 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     n bigint;
+    first_column text;
 begin
-    -- count_rows must still be auditdb_counter's definer function (only a superuser or auditdb_owner
-    -- changes auditdb's functions: auditdb_guard_objects).
-    if not exists (select from pg_proc p where p.oid = 'auditdb.count_rows(regclass)'::regprocedure
-                     and p.prosecdef and p.proowner = 'auditdb_counter'::regrole
-                     and p.proconfig = array['search_path=pg_catalog, pg_temp']) then
-        raise exception 'auditdb.count_rows is not as auditdb installed it' using errcode = 'insufficient_privilege',
-              hint = 'Run `auditdb install` again.';
-    end if;
-    execute format('grant select on %s to auditdb_counter', rel);
-    n := auditdb.count_rows(rel);
-    execute format('revoke select on %s from auditdb_counter', rel);
+    select format('(%I)', a.attname) into first_column from pg_attribute a
+     where a.attrelid = rel and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+     order by a.attnum limit 1;
+    execute format('copy %s %s to %L', rel, coalesce(first_column, ''), '/dev/null');
+    get diagnostics n = row_count;
     return n;
 end
 $$;
 
-comment on function auditdb.counted_rows(regclass) is 'auditdb: a table''s row count, taken as auditdb_counter';
+comment on function auditdb.counted_rows(regclass) is 'auditdb: a table''s row count, read without running its owner''s code';
 
 -- Every type a value of type typ is made of: itself, a domain's base, an array's element, a
 -- composite's attributes, a range's subtype, a multirange's range (recursively).
@@ -226,14 +203,26 @@ begin
 
     -- Partitions that left (detached: their rows left the tracked table) or joined.
     current_partitions := coalesce(array(select p.relid from pg_partition_tree(root) p where p.relid <> root order by 1), '{}');
+    if current_partitions is distinct from tracked.partitions then
+        update auditdb.tracked_tables set partitions = current_partitions where relid = root;
+    end if;
     foreach part in array tracked.partitions loop
-        continue when part = any(current_partitions) or not exists (select from pg_class where oid = part);
+        continue when part = any(current_partitions) or not exists (select from pg_class where oid = part)
+                      or pg_partition_root(part) = root;
         perform auditdb.refuse_data_ddl('detaching a partition', current_name);
         perform auditdb.log_audit_change('AuditPartition', tracked.table_name, part::regclass::text, tracked.table_name,
             jsonb_build_object('operation', 'detach_partition', 'partition', part::regclass::text, 'command', command,
                                'rows', case when (select relkind from pg_class where oid = part) = 'r'
                                             then auditdb.counted_rows(part::regclass) end,
                                'query', left(current_query(), 4096)));
+        -- A table that left is no longer this table's: its writes must not be logged as this one's.
+        for bad in
+            select t.tgrelid::regclass as tbl, t.tgname from pg_trigger t
+             where t.tgfoid = capture
+               and t.tgrelid in (select part union select p.relid from pg_partition_tree(part) p)
+        loop
+            execute format('drop trigger %I on %s', bad.tgname, bad.tbl);
+        end loop;
     end loop;
     foreach part in array current_partitions loop
         continue when part = any(tracked.partitions);
@@ -254,9 +243,6 @@ begin
                                             when (select relkind from pg_class where oid = part) = 'r'
                                             then auditdb.counted_rows(part::regclass) end));
     end loop;
-    if current_partitions is distinct from tracked.partitions then
-        update auditdb.tracked_tables set partitions = current_partitions where relid = root;
-    end if;
 
     -- Every member of the table's partition tree carries the capture triggers (one dropped is
     -- put back at the table's next DDL, and its drop was logged).
@@ -301,6 +287,7 @@ end
 $$;
 
 -- ddl_command_end: every table, trigger and type the command touched.
+-- definer: the installing superuser's; reads the catalog and runs DDL named from it, never the table owner's code.
 create or replace function auditdb.on_ddl_command_end() returns event_trigger
 language plpgsql
 security definer
@@ -316,6 +303,8 @@ begin
         return;
     end if;
     begin
+        -- The DDL this watcher runs itself (capture triggers, the generic body) is not watched again.
+        perform auditdb.begin_maintenance();
         for obj in select distinct on (c.classid, c.objid) c.classid, c.objid, c.object_type, c.object_identity
                       from pg_event_trigger_ddl_commands() c loop
             if obj.classid = 'pg_class'::regclass and exists (select from pg_class where oid = obj.objid) then
@@ -362,6 +351,7 @@ begin
                 end loop;
             end if;
         end loop;
+        perform auditdb.end_maintenance();
     exception when insufficient_privilege then
         raise;
     when others then
@@ -373,6 +363,7 @@ end
 $$;
 
 -- sql_drop: capture triggers (whatever their name), log partitions, tracked tables and their partitions.
+-- definer: the installing superuser's; reads the catalog and auditdb's tables only.
 create or replace function auditdb.on_sql_drop() returns event_trigger
 language plpgsql
 security definer
@@ -451,6 +442,7 @@ $$;
 
 -- table_rewrite: a tracked table (or partition) about to be rewritten: stored values may change
 -- with no row trigger firing (ALTER COLUMN … TYPE … USING, even to the same type).
+-- definer: the installing superuser's; reads the catalog and auditdb's tables only.
 create or replace function auditdb.on_table_rewrite() returns event_trigger
 language plpgsql
 security definer
@@ -481,8 +473,8 @@ begin
 end
 $$;
 
--- Only a superuser or auditdb_owner changes or drops objects of schema auditdb (the roles that
--- own capture and counting functions must never alter them). Runs as the role running the DDL.
+-- Only a superuser or auditdb_owner changes or drops objects of schema auditdb (auditdb_capture,
+-- which owns the capture functions, must never alter them). Runs as the role running the DDL.
 create or replace function auditdb.guard_objects() returns event_trigger
 language plpgsql
 security invoker
