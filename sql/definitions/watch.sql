@@ -67,8 +67,11 @@ as $$
     select array_agg(t) from parts
 $$;
 
--- Whether DDL that changes tracked data must be refused for this session (refuse_data_ddl).
-create or replace function auditdb.refuse_data_ddl(what text, target text) returns void
+-- Refuse DDL that changes tracked data or turns capture off, when refuse_data_ddl is set and the
+-- session user is not a system role.
+create or replace function auditdb.refuse_data_ddl(what text, target text,
+                                                   reason text default 'it changes tracked data without a row trigger')
+returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
@@ -76,7 +79,7 @@ begin
     if coalesce((select s.value = 'true' from auditdb.settings s where s.name = 'refuse_data_ddl'), false)
        and not auditdb.is_system_role(array(select jsonb_array_elements_text(
                coalesce((select s.value from auditdb.settings s where s.name = 'system_roles'), '[]')))) then
-        raise exception 'auditdb: % of % refused: it changes tracked data without a row trigger', what, target
+        raise exception 'auditdb: % of % refused: %', what, target, reason
             using errcode = 'insufficient_privilege',
                   detail = 'refuse_data_ddl is set in auditdb.toml and session user ' || session_user || ' is not a system role.',
                   hint = 'Run it as a role listed in system_roles, or change the rows with UPDATE so each change is logged.';
@@ -265,8 +268,10 @@ begin
          where t.tgfoid = capture and t.tgenabled <> 'A'
            and t.tgrelid in (select root union select unnest(current_partitions))
     loop
+        perform auditdb.refuse_data_ddl('disabling capture', bad.tbl, 'it turns capture off');
         perform auditdb.log_audit_change('AuditTrigger', bad.tgname || ' on ' || bad.tbl, bad.tgname, tracked.table_name,
-            jsonb_build_object('operation', case bad.tgenabled when 'D' then 'disable' else 'enable_origin_only' end,
+            jsonb_build_object('operation', case bad.tgenabled when 'D' then 'disable' when 'R' then 'enable_replica_only'
+                                                               else 'enable_origin_only' end,
                                'trigger', bad.tgname, 'table', bad.tbl, 'state', bad.tgenabled::text,
                                'command', command));
     end loop;
@@ -320,6 +325,22 @@ begin
                             perform auditdb.watch_table(tracked.relid, tg_tag);
                         end loop;
                     end if;
+                    -- An inheritance child of a tracked table: its rows show in the parent's
+                    -- queries, but its writes fire only its own triggers, so they are not captured.
+                    if (tg_tag = 'CREATE TABLE' or current_query() ~* 'inherit')
+                       and (select relispartition from pg_class where oid = obj.objid) is false then
+                        for tracked in
+                            select t.table_name from pg_inherits i join auditdb.tracked_tables t on t.relid = i.inhparent
+                             where i.inhrelid = obj.objid
+                        loop
+                            perform auditdb.refuse_data_ddl('inheriting from', tracked.table_name,
+                                                            'its rows would show in the tracked table uncaptured');
+                            perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, obj.object_identity,
+                                tracked.table_name, jsonb_build_object('operation', 'inherit', 'child', obj.object_identity,
+                                                                       'command', tg_tag, 'captured', false,
+                                                                       'query', left(current_query(), 4096)));
+                        end loop;
+                    end if;
                 end if;
             elsif obj.classid = 'pg_trigger'::regclass then
                 -- A capture trigger renamed: still captures, but status and the drop watcher know it by name.
@@ -330,6 +351,7 @@ begin
                  where t.oid = obj.objid;
                 if found and trg.tgname not in ('auditdb_capture_ins', 'auditdb_capture_upd', 'auditdb_capture_del',
                                                 'auditdb_capture_trunc') then
+                    perform auditdb.refuse_data_ddl('renaming a capture trigger', obj.object_identity, 'it hides capture');
                     perform auditdb.log_audit_change('AuditTrigger', obj.object_identity, trg.tgname, trg.table_name,
                         jsonb_build_object('operation', 'rename_trigger', 'trigger', obj.object_identity,
                                            'command', tg_tag));
@@ -400,6 +422,7 @@ begin
                  where not exists (select from pg_trigger t where t.tgrelid = rel and t.tgtype & e.bit <> 0
                                       and t.tgfoid = to_regprocedure(format('auditdb.%I()', tracked.function_name)));
                 if gone is not null then
+                    perform auditdb.refuse_data_ddl('dropping a capture trigger', obj.object_identity, 'it turns capture off');
                     perform auditdb.log_audit_change('AuditTrigger', obj.object_identity, obj.address_names[3],
                         tracked.table_name, jsonb_build_object('operation', 'drop_trigger', 'trigger', obj.object_identity,
                                                                'uncaptured', to_jsonb(gone), 'command', tg_tag));
@@ -412,6 +435,7 @@ begin
                 end if;
                 select * into tracked from auditdb.tracked_tables where relid::oid = obj.objid;
                 if found then
+                    perform auditdb.refuse_data_ddl('dropping', tracked.table_name, 'it removes a tracked table');
                     perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, tracked.table_name,
                         tracked.table_name, jsonb_build_object('operation', 'drop_table', 'table', obj.object_identity));
                     delete from auditdb.tracked_tables where relid::oid = obj.objid;
