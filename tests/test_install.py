@@ -198,3 +198,12 @@ def test_commands_on_a_database_without_auditdb(command: list[str], empty_db: st
     else:
         assert result.exit_code == 1
         assert "auditdb is not installed" in result.output and "auditdb install" in result.output
+
+
+def test_the_upgrade_refresh_knows_the_current_template_version() -> None:
+    # sql/definitions/refresh.sql gives capture functions of any other template version the
+    # generic body on upgrade: it must name the version auditdb/plan.py renders.
+    from auditdb.plan import TEMPLATE_VERSION
+
+    refresh = (resources.files("auditdb.sql") / "definitions" / "refresh.sql").read_text()
+    assert f"not like 'auditdb:{TEMPLATE_VERSION}:%'" in refresh
