@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 
 __all__ = ["ROLES", "grant", "revoke"]
@@ -17,7 +18,7 @@ ROLES = {"admin": "auditdb_admin", "viewer": "auditdb_viewer", "writer": "auditd
 def _check_role(conn: psycopg.Connection[Any], role: str) -> None:
     if conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is None:
         raise AuditDBError(f"role {role!r} does not exist: create it first (create role … login)")
-    if role in ROLES.values() or role == "auditdb_owner":
+    if role in ROLES.values() or role in ("auditdb_owner", "auditdb_capture"):
         raise AuditDBError(f"{role} is one of auditdb's own roles: grant it to a login role instead")
 
 
@@ -40,7 +41,7 @@ def grant(
         raise AuditDBError("--tenant and --tenant-from-context go with --viewer only")
     if tenants and tenant_from_context:
         raise AuditDBError("a viewer is bound to --tenant T … or reads --tenant-from-context, not both")
-    with conn.transaction():
+    with pinned(conn):
         conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
         for tenant in tenants:
             conn.execute(
@@ -67,7 +68,7 @@ def revoke(
 ) -> None:
     """Revoke auditdb_<kind> (a viewer: maybe only some tenants, or the context mode); logged as PERMISSION_REVOKE."""
     _check_role(conn, role)
-    with conn.transaction():
+    with pinned(conn):
         if kind == "viewer" and tenant_from_context and not tenants:
             conn.execute("delete from auditdb.tenant_from_context_roles where role_name = %s", (role,))
         elif kind == "viewer" and tenants:
@@ -76,8 +77,8 @@ def revoke(
             )
             left = conn.execute("select count(*) from auditdb.tenant_roles where role_name = %s", (role,)).fetchone()
             if left and left[0] == 0:
-                # An unlisted viewer reads whichever tenant its settings name: a bound viewer that
-                # loses its last tenant loses the role, rather than gain every tenant.
+                # A bound viewer that loses its last tenant loses the role too: an unlisted viewer
+                # reads nothing, but the grant would still say it reads the log.
                 conn.execute(sql.SQL("revoke auditdb_viewer from {}").format(sql.Identifier(role)))
         else:
             conn.execute(sql.SQL("revoke {} from {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))

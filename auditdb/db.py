@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
 from auditdb.errors import AuditDBError, ConnectionFailed, NotInstalledError, PermissionDenied
 
-__all__ = ["connect", "describe_error", "require_installed", "resolve_dsn"]
+__all__ = ["SAFE_SEARCH_PATH", "connect", "describe_error", "pinned", "require_installed", "resolve_dsn"]
+
+# Every query auditdb runs resolves names in PostgreSQL's own catalog only: an object someone
+# created in public (a function, an operator, an aggregate that better matches an argument type)
+# is never picked instead, whoever runs the query (CVE-2018-1058).
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
 
 # SQLAlchemy-style URLs ("postgresql+psycopg://") are common in DATABASE_URL; libpq wants the
 # plain scheme.
@@ -27,14 +35,39 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return ""
 
 
-def connect(dsn: str | None = None, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection, turning a failure into one ConnectionFailed line."""
+def connect(
+    dsn: str | None = None, *, autocommit: bool = False, application_name: str = "auditdb"
+) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection with a safe search_path, turning a failure into one ConnectionFailed line."""
     conninfo = resolve_dsn(dsn)
     try:
-        return psycopg.connect(conninfo, autocommit=autocommit, application_name="auditdb")
+        conn = psycopg.connect(conninfo, autocommit=autocommit, application_name=application_name)
     except psycopg.OperationalError as e:
         where = _describe_target(conninfo)
         raise ConnectionFailed(f"cannot connect to {where}: {_first_line(str(e))}") from e
+    conn.execute("select pg_catalog.set_config('search_path', %s, false)", (SAFE_SEARCH_PATH,))
+    if not autocommit:
+        conn.commit()
+    return conn
+
+
+@contextmanager
+def pinned(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """Run the block in a transaction (or savepoint) whose search_path is the safe one.
+
+    For library calls on a connection the caller opened: its own search_path is put back after.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "select pg_catalog.current_setting('search_path'), pg_catalog.set_config('search_path', %s, true)",
+            (SAFE_SEARCH_PATH,),
+        ).fetchone()
+        previous = str(row[0]) if row else SAFE_SEARCH_PATH
+        try:
+            yield conn
+        finally:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                conn.execute("select pg_catalog.set_config('search_path', %s, true)", (previous,))
 
 
 def _describe_target(conninfo: str) -> str:

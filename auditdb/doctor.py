@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from auditdb.config import Config
+from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, definitions_marker, installed_version
 from auditdb.triggers import State, event_trigger_status, status
@@ -35,6 +36,11 @@ def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
 
 def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]:
     """Every check, in the order a person would look; stops early only when nothing else can run."""
+    with pinned(conn):
+        return _checks(conn, config)
+
+
+def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]:
     checks = []
     version = conn.info.server_version
     checks.append(

@@ -15,6 +15,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
+from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.query import COLUMNS, Filters, where_clause
 
 __all__ = ["CSV_HEADER", "csv_lines", "export", "json_ready", "neutralise"]
@@ -163,7 +164,7 @@ def csv_lines(
     """The CSV rows export writes for matching entries (newest first, at most limit), one string each."""
     where, params = where_clause(filters, before_id)
     query = sql.SQL("copy ({} limit %s) to stdout (format csv)").format(_select(conn, "csv", where))
-    with conn.cursor() as cur, cur.copy(query, [*params, limit]) as copy:
+    with pinned(conn), conn.cursor() as cur, cur.copy(query, [*params, limit]) as copy:
         return [bytes(row).decode(conn.info.encoding) for row in copy]
 
 
@@ -200,6 +201,7 @@ def export(
         # One snapshot for what is streamed and for the server's count of it (auditdb.log_export).
         with conn.transaction():
             conn.execute("set transaction isolation level repeatable read")
+            conn.execute("select pg_catalog.set_config('search_path', %s, true)", (SAFE_SEARCH_PATH,))
             try:
                 with conn.transaction():  # a savepoint: a failed stream still leaves its record
                     if fmt == "csv":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from auditdb.db import describe_error, resolve_dsn
+from auditdb.db import connect, describe_error, pinned, resolve_dsn
 from auditdb.errors import AuditDBError
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def install(dsn: str | None = None, target: str = "head") -> tuple[str | None, s
     conninfo = resolve_dsn(dsn)
     engine = sqlalchemy.create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(conninfo, application_name="auditdb install"),
+        creator=lambda: connect(conninfo, application_name="auditdb install"),
         poolclass=NullPool,
     )
     try:
@@ -209,7 +209,7 @@ def uninstall(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
 
     Returns False when there was nothing to remove.
     """
-    with conn.transaction():
+    with pinned(conn):
         conn.execute(INSTALL_LOCK_SQL)
         row = conn.execute("select to_regnamespace('auditdb') is not null").fetchone()
         if not row or not row[0]:

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.errors import AuditDBError
 
 __all__ = ["ArchiveDigest", "Partition", "Pruned", "archive_partition", "ensure", "list_partitions", "prune"]
@@ -37,24 +38,26 @@ class Pruned:
 
 def list_partitions(conn: psycopg.Connection[Any]) -> list[Partition]:
     """The monthly partitions, oldest first (row counts are planner estimates)."""
-    rows = conn.execute("select * from auditdb.partitions()").fetchall()
+    with pinned(conn):
+        rows = conn.execute("select * from auditdb.partitions()").fetchall()
     return [Partition(*row) for row in rows]
 
 
 def ensure(conn: psycopg.Connection[Any], months_ahead: int = 3) -> list[str]:
     """Create the current month's partition and months_ahead more where missing."""
-    with conn.transaction():
+    with pinned(conn):
         rows = conn.execute("select auditdb.ensure_partitions(%s)", (months_ahead,)).fetchall()
     return [str(r[0]) for r in rows]
 
 
 def _candidates(conn: psycopg.Connection[Any], older_than: int) -> list[str]:
-    rows = conn.execute(
-        """select partition_name from auditdb.partitions()
-            where month_end <= auditdb.month_start(-%s) and month_end <= auditdb.month_start(0)
-            order by partition_name""",
-        (older_than,),
-    ).fetchall()
+    with pinned(conn):
+        rows = conn.execute(
+            """select partition_name from auditdb.partitions()
+                where month_end <= auditdb.month_start(-%s) and month_end <= auditdb.month_start(0)
+                order by partition_name""",
+            (older_than,),
+        ).fetchall()
     return [str(r[0]) for r in rows]
 
 
@@ -72,15 +75,23 @@ def archive_partition(
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.jsonl.gz"
     partial = directory / f".{name}.jsonl.gz.partial"
-    query = sql.SQL("copy (select to_jsonb(l)::text from auditdb.{} l order by l.id) to stdout").format(
-        sql.Identifier(name)
+    # Through the log itself (an admin reads it, not its partitions), limited to the month's bounds.
+    query = sql.SQL(
+        "copy (select to_jsonb(l)::text from auditdb.log l where l.occurred_at >= %s and l.occurred_at < %s "
+        "order by l.id) to stdout"
     )
     count = 0
     digest = ArchiveDigest()
     try:
         with conn.transaction(), gzip.open(partial, "wb") as out:
             conn.execute("set transaction isolation level repeatable read")
-            with conn.cursor().copy(query) as copy:
+            conn.execute("select pg_catalog.set_config('search_path', %s, true)", (SAFE_SEARCH_PATH,))
+            bounds = conn.execute(
+                "select month_start, month_end from auditdb.partitions() where partition_name = %s", (name,)
+            ).fetchone()
+            if bounds is None:
+                raise AuditDBError(f"auditdb.{name} is not a monthly partition of auditdb.log")
+            with conn.cursor().copy(query, bounds) as copy:
                 for row in copy.rows():
                     line = str(row[0]).encode("utf-8") + b"\n"
                     out.write(line)
@@ -96,7 +107,7 @@ def archive_partition(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    with conn.transaction():
+    with pinned(conn):
         conn.execute(
             "select auditdb.record_archive(%s, %s, %s, %s)", (name, count, str(target.resolve()), digest.hexdigest())
         )
@@ -150,6 +161,6 @@ def prune(
     if export_dir is not None:
         for name in _candidates(conn, older_than):
             archive_partition(conn, name, export_dir, progress)
-    with conn.transaction():
+    with pinned(conn):
         rows = conn.execute("select * from auditdb.prune_partitions(%s, %s)", (older_than, force)).fetchall()
     return [Pruned(str(r[0]), int(r[1]), r[2]) for r in rows]

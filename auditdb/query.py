@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 
 __all__ = ["COLUMNS", "Filters", "fetch", "get_entry", "parse_time", "where_clause"]
@@ -146,12 +147,12 @@ def fetch(
     query = sql.SQL(
         "select {cols} from auditdb.log l where {where} order by l.occurred_at desc, l.id desc limit %s"
     ).format(cols=_select_list(), where=where)
-    with conn.cursor(row_factory=dict_row) as cur:
+    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, [*params, limit]).fetchall()
 
 
 def get_entry(conn: psycopg.Connection[Any], entry_id: int) -> dict[str, Any] | None:
-    with conn.cursor(row_factory=dict_row) as cur:
+    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             sql.SQL("select {} from auditdb.log l where l.id = %s").format(_select_list()),
             (entry_id,),
@@ -168,7 +169,7 @@ HISTORY_SQL = (
 
 def history(conn: psycopg.Connection[Any], entity_type: str, entity_id: str) -> list[dict[str, Any]]:
     """The entity's entries, oldest first (following key changes through metadata.previous_id)."""
-    with conn.cursor(row_factory=dict_row) as cur:
+    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             sql.SQL(HISTORY_SQL.replace("*", "{}", 1)).format(_select_list()), (entity_type, entity_id, entity_id)
         ).fetchall()

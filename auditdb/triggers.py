@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from auditdb.config import Config, glob_regex
+from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 from auditdb.names import CAPTURE_TRIGGERS, qualified
 from auditdb.plan import TablePlan, check_sql, ident, plan_tables, render_sql, resolve_table, template
@@ -161,6 +162,11 @@ def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableSt
     Event triggers that are missing or not ALWAYS come first: they keep capture complete. A
     configured table that is gone or renamed is reported as such; the others are still checked.
     """
+    with pinned(conn):
+        return _status(conn, config)
+
+
+def _status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableStatus]:
     found = _installed(conn)
     result = event_trigger_status(conn)
     configured: set[int] = set()
@@ -183,10 +189,9 @@ def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableSt
 
 def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = False) -> ApplyResult:
     """Make the database's capture match the config, in one transaction."""
-    with conn.transaction():
+    # Names in what follows resolve to PostgreSQL's own objects, never to ones planted elsewhere.
+    with pinned(conn):
         conn.execute("select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.apply'))")
-        # Names in what follows resolve to PostgreSQL's own objects, never to ones planted elsewhere.
-        conn.execute("set local search_path = pg_catalog, pg_temp")
         plans = plan_tables(conn, config)
         found = _installed(conn)
         statements: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 from alembic import context
 
+from auditdb.db import SAFE_SEARCH_PATH
 from auditdb.install import (
     INSTALL_LOCK_SQL,
     SCHEMA_SQL,
@@ -27,6 +28,7 @@ def run_offline() -> None:
         transactional_ddl=True,
     )
     with context.begin_transaction():
+        context.execute(f"set local search_path = {SAFE_SEARCH_PATH}")
         context.execute(SCHEMA_SQL)
         context.run_migrations()
         # The current definitions follow the last revision (auditdb.install.finish_upgrade).
@@ -47,6 +49,7 @@ def run_online() -> None:
     with context.begin_transaction():
         # The version table lives in schema auditdb, so the schema must exist before alembic
         # looks for it; the lock keeps two concurrent installs from interleaving.
+        connection.exec_driver_sql(f"set local search_path = {SAFE_SEARCH_PATH}")
         connection.exec_driver_sql(INSTALL_LOCK_SQL)
         connection.exec_driver_sql(SCHEMA_SQL)
         context.run_migrations()

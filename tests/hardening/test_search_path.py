@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from click.testing import CliRunner
 
 import auditdb
+from auditdb.cli import cli
 from auditdb.worker import Worker
 from tests.fix_capture import Track, entries
 from tests.fix_db import APP_ROLE
@@ -78,3 +81,74 @@ def test_every_auditdb_function_pins_search_path(conn: psycopg.Connection[Any]) 
               and not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false)"""
     ).fetchall()
     assert unpinned == []
+
+
+# Objects an application that may create in public plants for other roles' queries to pick:
+# each is a better match than PostgreSQL's own for some argument type (CVE-2018-1058).
+PLANTED_FOR_PRIVILEGED = r"""
+create table public.planted_hits (who text, what text);
+grant insert on public.planted_hits to public;
+create function public.planted(what text) returns void language plpgsql as $$
+begin insert into public.planted_hits values (current_user, what); end $$;
+create function public.obj_description(o oid, c text) returns text language plpgsql as $$
+begin perform public.planted('obj_description'); return pg_catalog.obj_description(o, c::name); end $$;
+create function public.format(f text, a text) returns text language plpgsql as $$
+begin perform public.planted('format(text, text)'); return pg_catalog.format(f, a); end $$;
+create function public.format(f text, a name, b name) returns text language plpgsql as $$
+begin perform public.planted('format(text, name, name)'); return pg_catalog.format(f, a, b); end $$;
+create function public.unnest(v int2vector) returns setof int2 language plpgsql as $$
+begin perform public.planted('unnest(int2vector)'); return query select pg_catalog.unnest(v::int2[]); end $$;
+create function public.name_append(s name[], v name) returns name[] language plpgsql as $$
+begin perform public.planted('array_agg(name)'); return s || v; end $$;
+create aggregate public.array_agg(name) (sfunc = public.name_append, stype = name[]);
+create function public.oid_int(a oid, b integer) returns boolean language plpgsql as $$
+begin perform public.planted('oid = integer'); return a = b::oid; end $$;
+create operator public.= (leftarg = oid, rightarg = integer, function = public.oid_int);
+create function public.oid_small(a oid, b smallint) returns boolean language plpgsql as $$
+begin perform public.planted('oid = smallint'); return a = b::oid; end $$;
+create operator public.= (leftarg = oid, rightarg = smallint, function = public.oid_small);
+create function public.oid_big(a oid, b bigint) returns boolean language plpgsql as $$
+begin perform public.planted('oid = bigint'); return a = b::oid; end $$;
+create operator public.= (leftarg = oid, rightarg = bigint, function = public.oid_big);
+create function public.text_big(a text, b bigint) returns text language plpgsql as $$
+begin perform public.planted('text || bigint'); return a || b::text; end $$;
+create operator public.|| (leftarg = text, rightarg = bigint, function = public.text_big);
+create function public.left(a text, b bigint) returns text language plpgsql as $$
+begin perform public.planted('left(text, bigint)'); return pg_catalog.left(a, b::int); end $$;
+"""
+
+
+def test_commands_run_by_privileged_roles_never_pick_planted_objects(
+    conn: psycopg.Connection[Any], app_dsn: str, dsn: str, track: Track, tmp_path: Path
+) -> None:
+    toml = '[defaults]\nmask = ["secret*"]\n[tables."public.items"]\nname = "name"\n'
+    track("create table items (id int primary key, name text, secret_key text)", toml)
+    conn.execute(f"alter table items owner to {APP_ROLE}")
+    with psycopg.connect(app_dsn, autocommit=True) as app:
+        app.execute(PLANTED_FOR_PRIVILEGED)
+        app.execute("insert into items values (1, 'Bolt', 'sk-1'), (2, 'Nut', 'sk-2')")
+    (tmp_path / "auditdb.toml").write_text(toml)
+    base = ["--dsn", dsn, "--config", str(tmp_path / "auditdb.toml")]
+    for args in (
+        ["status"],
+        ["doctor"],
+        ["apply"],
+        ["install"],
+        ["log"],
+        ["log", "--format", "json"],
+        ["log", "--format", "csv", "--search", "Bolt"],
+        ["show", "1"],
+        ["history", "Items", "1"],
+        ["export", "--output", str(tmp_path / "x.jsonl"), "--format", "jsonl"],
+        ["export", "--output", str(tmp_path / "x.csv")],
+        ["partitions", "list"],
+        ["partitions", "ensure"],
+        ["partitions", "prune", "--older-than", "0", "--export-dir", str(tmp_path / "archive")],
+        ["worker", "--once"],
+        ["grant", APP_ROLE, "--writer"],
+        ["revoke", APP_ROLE, "--writer"],
+    ):
+        result = CliRunner().invoke(cli, [*base, *args])
+        assert result.exit_code in (0, 1), (args, result.output)
+    hits = conn.execute("select distinct who, what from public.planted_hits").fetchall()
+    assert [h for h in hits if h[0] != APP_ROLE] == []
