@@ -15,6 +15,11 @@ __all__ = ["ROLES", "grant", "revoke"]
 ROLES = {"admin": "auditdb_admin", "viewer": "auditdb_viewer", "writer": "auditdb_writer"}
 
 
+def _quoted(role: str) -> str:
+    """The role's name as regrole reads it (quoted where it needs to be)."""
+    return sql.Identifier(role).as_string()
+
+
 def _check_role(conn: psycopg.Connection[Any], role: str) -> None:
     if conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is None:
         raise AuditDBError(f"role {role!r} does not exist: create it first (create role … login)")
@@ -45,12 +50,21 @@ def grant(
         conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
         for tenant in tenants:
             conn.execute(
-                "insert into auditdb.tenant_roles (role_name, tenant_id) values (%s, %s) on conflict do nothing",
-                (role, tenant),
+                """insert into auditdb.tenant_roles (role_name, tenant_id, roleid)
+                   values (%s, %s, %s::regrole) on conflict do nothing""",
+                (role, tenant, _quoted(role)),
             )
         if tenant_from_context:
             conn.execute(
-                "insert into auditdb.tenant_from_context_roles (role_name) values (%s) on conflict do nothing", (role,)
+                """insert into auditdb.tenant_from_context_roles (roleid, role_name)
+                   values (%s::regrole, %s) on conflict do nothing""",
+                (_quoted(role), role),
+            )
+        if kind == "admin":
+            # auditdb_admin is cluster-wide; this database's log is read by the admins listed here.
+            conn.execute(
+                "insert into auditdb.admin_roles (roleid, role_name) values (%s::regrole, %s) on conflict do nothing",
+                (_quoted(role), role),
             )
         conn.execute(
             "select auditdb.log_access_change('PERMISSION_GRANT', %s, %s, %s, %s)",
@@ -69,13 +83,17 @@ def revoke(
     """Revoke auditdb_<kind> (a viewer: maybe only some tenants, or the context mode); logged as PERMISSION_REVOKE."""
     _check_role(conn, role)
     with pinned(conn):
+        roleid = _quoted(role)
         if kind == "viewer" and tenant_from_context and not tenants:
-            conn.execute("delete from auditdb.tenant_from_context_roles where role_name = %s", (role,))
+            conn.execute("delete from auditdb.tenant_from_context_roles where roleid = %s::regrole", (roleid,))
         elif kind == "viewer" and tenants:
             conn.execute(
-                "delete from auditdb.tenant_roles where role_name = %s and tenant_id = any(%s)", (role, list(tenants))
+                "delete from auditdb.tenant_roles where roleid = %s::regrole and tenant_id = any(%s)",
+                (roleid, list(tenants)),
             )
-            left = conn.execute("select count(*) from auditdb.tenant_roles where role_name = %s", (role,)).fetchone()
+            left = conn.execute(
+                "select count(*) from auditdb.tenant_roles where roleid = %s::regrole", (roleid,)
+            ).fetchone()
             if left and left[0] == 0:
                 # A bound viewer that loses its last tenant loses the role too: an unlisted viewer
                 # reads nothing, but the grant would still say it reads the log.
@@ -83,8 +101,10 @@ def revoke(
         else:
             conn.execute(sql.SQL("revoke {} from {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
             if kind == "viewer":
-                conn.execute("delete from auditdb.tenant_roles where role_name = %s", (role,))
-                conn.execute("delete from auditdb.tenant_from_context_roles where role_name = %s", (role,))
+                conn.execute("delete from auditdb.tenant_roles where roleid = %s::regrole", (roleid,))
+                conn.execute("delete from auditdb.tenant_from_context_roles where roleid = %s::regrole", (roleid,))
+            if kind == "admin":
+                conn.execute("delete from auditdb.admin_roles where roleid = %s::regrole", (roleid,))
         conn.execute(
             "select auditdb.log_access_change('PERMISSION_REVOKE', %s, %s, %s, %s)",
             (role, ROLES[kind], list(tenants), tenant_from_context),

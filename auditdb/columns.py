@@ -35,9 +35,10 @@ class Column:
     typmod: int
     type_sql: str  # format_type(), for messages
     kind: str  # BUILTIN, TEXT or TEXT_ARRAY
-    comparable: bool  # PostgreSQL's own type with an equality operator
+    comparable: bool  # PostgreSQL's own type whose equality means "the same value" (auditdb.exact_equality)
     mask: str | None = None  # "full", "last4" or None
     ignored: bool = False
+    base_type: str = ""  # format_type() of the scalar type under domains and arrays
 
     def _ref(self, row: str) -> sql.Composable:
         return sql.Identifier(row, self.name)
@@ -74,17 +75,15 @@ class Column:
         return self._ref(row).as_string() if self.kind == BUILTIN else self.text(row)
 
     def changed(self) -> str:
-        """SQL testing whether the column differs between rows o and n."""
-        if self.kind != BUILTIN:
-            return f"{self.text('o')} is distinct from {self.text('n')}"
-        if self.comparable:
+        """SQL testing whether the column differs between rows o and n.
+
+        A type's own equality where equal values are always the same value; else the text, in
+        the "C" collation: 1.0 and 1.00, 0 and -0, 'a' and 'A' under a case-insensitive collation,
+        two spellings of the same json are all changes.
+        """
+        if self.kind == BUILTIN and self.comparable:
             return sql.SQL("{} is distinct from {}").format(self._ref("o"), self._ref("n")).as_string()
-        # PostgreSQL's own types without equality (json, xml, point…): compared as jsonb.
-        return (
-            sql.SQL("pg_catalog.to_jsonb({}) is distinct from pg_catalog.to_jsonb({})")
-            .format(self._ref("o"), self._ref("n"))
-            .as_string()
-        )
+        return f'({self.text("o")} collate "C") is distinct from ({self.text("n")} collate "C")'
 
     def same(self) -> str:
         """SQL testing that rows o and n hold the same value (a key pairing)."""
@@ -100,21 +99,35 @@ def read_columns(conn: psycopg.Connection[Any], oid: int) -> list[Column]:
     rows = conn.execute(
         """select a.attname, a.attnum, a.atttypid::int8, a.atttypmod,
                   pg_catalog.format_type(a.atttypid, a.atttypmod), auditdb.type_kind(a.atttypid),
-                  pg_catalog.format_type(auditdb.scalar_base_type(a.atttypid), null)
+                  pg_catalog.format_type(auditdb.scalar_base_type(a.atttypid), null),
+                  auditdb.exact_equality(a.atttypid, a.attcollation)
              from pg_catalog.pg_attribute a
-            where a.attrelid = %s and a.attnum > 0 and not a.attisdropped
+            -- A virtual generated column (PostgreSQL 18) cannot be read from a transition table; it
+            -- is computed from the others, which are captured.
+            where a.attrelid = %s::oid and a.attnum > 0 and not a.attisdropped and a.attgenerated <> 'v'
             order by a.attnum""",
         (oid,),
     ).fetchall()
     probed: dict[str, bool] = {}
     columns = []
-    for name, attnum, type_oid, typmod, type_sql, kind, base in rows:
+    for name, attnum, type_oid, typmod, type_sql, kind, base, exact in rows:
         comparable = False
-        if kind == BUILTIN:
+        if kind == BUILTIN and exact:
             if base not in probed:
                 probed[base] = _has_equality(conn, str(base))
             comparable = probed[base]
-        columns.append(Column(str(name), int(attnum), int(type_oid), int(typmod), str(type_sql), str(kind), comparable))
+        columns.append(
+            Column(
+                str(name),
+                int(attnum),
+                int(type_oid),
+                int(typmod),
+                str(type_sql),
+                str(kind),
+                comparable,
+                base_type=str(base),
+            )
+        )
     return columns
 
 

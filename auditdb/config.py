@@ -83,7 +83,8 @@ class Config:
 
 def matches(column: str, globs: tuple[str, ...]) -> bool:
     """Whether a column name matches one of the globs (case-sensitive; * and ? are the wildcards)."""
-    return any(re.match(glob_regex(g), column, re.DOTALL) for g in globs)
+    # fullmatch: the whole name, as PostgreSQL's ~ with ^…$ reads it ($ before a newline is no end).
+    return any(re.fullmatch(glob_regex(g), column, re.DOTALL) for g in globs)
 
 
 def glob_regex(glob: str) -> str:

@@ -11,7 +11,7 @@ import psycopg
 from auditdb.config import Config
 from auditdb.db import pinned
 from auditdb.errors import AuditDBError
-from auditdb.install import HEAD_REVISION, definitions_marker, installed_version
+from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_version
 from auditdb.triggers import State, event_trigger_status, status
 
 __all__ = ["Check", "run_checks"]
@@ -74,6 +74,21 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
     )
     if schema != HEAD_REVISION:
         return checks
+
+    foreign = foreign_objects(conn)
+    checks.append(
+        Check(
+            "schema integrity",
+            "fail" if foreign else "ok",
+            (
+                "; ".join(f"{kind} {identity}" for kind, identity, _ in foreign[:5])
+                + (f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else "")
+                + ": not auditdb's own; `auditdb install` removes them (superuser)"
+            )
+            if foreign
+            else "only auditdb's own objects and privileges",
+        )
+    )
 
     events = event_trigger_status(conn)
     checks.append(
@@ -158,7 +173,7 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
         )
     )
 
-    stray = _one(conn, "select count(*) from auditdb.log_default")
+    stray = _one(conn, "select count(*) from auditdb.log where tableoid = 'auditdb.log_default'::regclass")
     checks.append(
         Check(
             "default partition",

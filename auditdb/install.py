@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ __all__ = [
     "definitions_marker",
     "definitions_sql",
     "finish_upgrade",
+    "foreign_objects",
     "install",
     "install_sql",
     "installed_version",
@@ -55,6 +57,7 @@ DEFINITIONS = (
 )
 SCHEMA_SQL = "create schema if not exists auditdb"
 INSTALL_LOCK_SQL = "select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.install'))"
+INSTALL_LOCK_TIMEOUT = "60s"
 
 
 def _migrations_dir() -> Path:
@@ -80,6 +83,23 @@ def definitions_sql() -> str:
 
 
 @functools.cache
+def definition_function_names() -> list[str]:
+    """The names of the functions sql/definitions/ defines (auditdb.foreign_objects takes them)."""
+    return sorted(set(re.findall(r"create or replace function auditdb\.(\w+)\s*\(", definitions_sql())))
+
+
+def foreign_objects(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+    """What is in or on schema auditdb that auditdb did not make: (kind, identity, how to remove it)."""
+    rows = conn.execute(
+        "select kind, identity, remedy from auditdb.foreign_objects(%s)", (definition_function_names(),)
+    ).fetchall()
+    # Removed in this order: what uses a function (a trigger, a policy) goes before the function.
+    order = ["privilege", "policy", "rule", "trigger", "column default", "table owner", "function owner", "function"]
+    found = [(str(k), str(i), str(r)) for k, i, r in rows]
+    return sorted(found, key=lambda f: (order.index(f[0]) if f[0] in order else len(order), f[1]))
+
+
+@functools.cache
 def definitions_marker() -> str:
     """The comment on schema auditdb that says which definitions it holds."""
     digest = hashlib.sha256(definitions_sql().encode("utf-8")).hexdigest()[:16]
@@ -99,12 +119,30 @@ def finish_upgrade(conn: psycopg.Connection[Any]) -> bool:
     marker = definitions_marker()
     if row and row[0] == marker:
         return False
+    # No statement still running the old capture code may finish after this commits: wait for
+    # every transaction writing a tracked table, and hold new ones until then.
+    for (relid,) in conn.execute("select relid::regclass::text from auditdb.tracked_tables").fetchall():
+        conn.execute(sql.SQL("lock table {} in share mode").format(sql.SQL(str(relid))))
     # auditdb's own DDL: the watchers leave it alone (they are among what is being redefined).
     conn.execute("select auditdb.begin_maintenance()")
     conn.execute(definitions_sql().encode("utf-8"))
     from auditdb.upgrade import upgrade_configs
 
     upgrade_configs(conn)
+    # Anything a role running as auditdb_owner could have left behind (before this release,
+    # application code could run as it) goes, each removal logged.
+    for kind, identity, remedy in foreign_objects(conn):
+        conn.execute(sql.SQL(remedy))
+        conn.execute(
+            "select auditdb.log_audit_change('AuditSchema', %s, %s, null, %s)",
+            (
+                identity,
+                kind,
+                psycopg.types.json.Jsonb(
+                    {"operation": "foreign_object_removed", "kind": kind, "object": identity, "statement": remedy}
+                ),
+            ),
+        )
     conn.execute(sql.SQL("comment on schema auditdb is {}").format(sql.Literal(marker)))
     conn.execute("select auditdb.end_maintenance()")
     return True
@@ -149,7 +187,9 @@ def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | Non
     return str(version[0]) if version else None
 
 
-def install(dsn: str | None = None, target: str = "head") -> tuple[str | None, str]:
+def install(
+    dsn: str | None = None, target: str = "head", *, lock_timeout: str = INSTALL_LOCK_TIMEOUT
+) -> tuple[str | None, str]:
     """Create or upgrade schema auditdb (to the head revision, or target); returns the versions before and after.
 
     Idempotent: at the head revision it changes nothing.
@@ -172,6 +212,7 @@ def install(dsn: str | None = None, target: str = "head") -> tuple[str | None, s
             sa_conn.rollback()
             cfg = _config()
             cfg.attributes["connection"] = sa_conn
+            cfg.attributes["lock_timeout"] = lock_timeout
             command.upgrade(cfg, target)
             sa_conn.commit()
             after = installed_version(driver)
@@ -188,6 +229,11 @@ def install(dsn: str | None = None, target: str = "head") -> tuple[str | None, s
 
 def _install_error(e: psycopg.Error) -> AuditDBError:
     error = describe_error(e)
+    if isinstance(e, psycopg.errors.LockNotAvailable):
+        return AuditDBError(
+            f"install gave up waiting for a lock another transaction holds ({error}); "
+            "nothing was changed: retry when the applications' long transactions have ended"
+        )
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return type(error)(f"{error} — `auditdb install` needs a superuser (it creates roles and triggers)")
     if isinstance(e, psycopg.OperationalError):

@@ -58,6 +58,8 @@ class TablePlan:
     signature: str
     resolved: dict[str, Any] = field(default_factory=dict)
     partition_oids: tuple[int, ...] = ()
+    # schema.table as the server quotes it (format('%I.%I')): what entries and the registry record
+    table_name: str = ""
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -105,6 +107,13 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         raise NotAuditableError(
             f"{cfg.qualified} is a partition: track its partitioned table instead (its partitions are captured with it)"
         )
+    table_name = str(
+        conn.execute(
+            "select format('%%I.%%I', n.nspname, c.relname) from pg_catalog.pg_class c "
+            "join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = %s::oid",
+            (oid,),
+        ).fetchone()[0]  # type: ignore[index]
+    )
     columns = [
         replace(
             c,
@@ -126,7 +135,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
              from pg_catalog.pg_index i
              cross join lateral unnest(i.indkey) with ordinality k(attnum, ord)
              join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-            where i.indrelid = %s and i.indisprimary""",
+            where i.indrelid = %s::oid and i.indisprimary""",
         (oid,),
     ).fetchone()
     key = tuple(known(c, "id") for c in cfg.id) if cfg.id else tuple(pk[0]) if pk and pk[0] else ()
@@ -186,7 +195,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
     if soft_delete:
         col = by_name[soft_delete]
         # Set means true for a boolean column, not null for any other (a deletion timestamp).
-        if col.type_oid == BOOL_OID:
+        if col.base_type == "boolean":
             soft_sql = (
                 sql.SQL("(o.{c} is not true and n.{c} is true)").format(c=sql.Identifier(soft_delete)).as_string()
             )
@@ -214,8 +223,12 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
 
     context = {
         "function": ident("auditdb", function),
-        "table_lit": _lit(ident(cfg.schema, cfg.table)),
-        "table_name": _lit(cfg.qualified),
+        "table_oid": int(oid),
+        "table_name": _lit(table_name),
+        # The pairing column of a multi-row UPDATE: a name none of the table's columns has.
+        "pair": ident(next(p for p in (f"auditdb_pair{i or ''}" for i in range(len(columns) + 1)) if p not in by_name)),
+        # Each captured column by name (never t.*: a virtual generated column cannot be read back).
+        "row_columns": ", ".join(sql.Identifier("t", c.name).as_string() for c in columns) or "null",
         "entity_type": _lit(cfg.entity_type),
         "partitioned": relkind == "p",
         "columns": [
@@ -268,6 +281,9 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         "mask_regex": [glob_regex(g) for g in cfg.mask],
         "mask_last4_regex": [glob_regex(g) for g in cfg.mask_last4],
         "ignore_regex": [glob_regex(g) for g in cfg.ignore],
+        # Ignored by number: a column renamed to an ignored name is still compared.
+        "known_attnums": [c.attnum for c in columns],
+        "ignored_attnums": [c.attnum for c in columns if c.ignored],
         "project": [by_name[project].attnum, project] if project else None,
         "tenant": [by_name[tenant].attnum, tenant] if tenant else None,
         "soft_delete": {"sql": soft_sql, "uses": uses(None, (soft_delete,))} if soft_sql and soft_delete else None,
@@ -276,7 +292,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         "require_actor": defaults.require_actor,
         "system_roles": list(defaults.system_roles),
     }
-    return _finish(
+    plan = _finish(
         cfg,
         oid,
         relkind == "p",
@@ -288,6 +304,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         resolved,
         [relid for _, _, relid in partitions],
     )
+    return replace(plan, table_name=table_name)
 
 
 def _stray_triggers(conn: psycopg.Connection[Any], function: str, relids: list[int]) -> dict[int, list[str]]:

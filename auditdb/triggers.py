@@ -87,6 +87,19 @@ def _table_state(
         )
     if not function[1]:
         return TableStatus(name, State.OUTDATED, "capture function not as apply made it (owner or security changed)")
+    pending = conn.execute(
+        """select string_agg(i.inhrelid::regclass::text, ', ') from pg_catalog.pg_inherits i
+            where i.inhdetachpending
+              and i.inhparent in (select relid from pg_catalog.pg_partition_tree(%s::oid) union select %s::oid)""",
+        (plan.oid, plan.oid),
+    ).fetchone()
+    if pending and pending[0]:
+        return TableStatus(
+            name,
+            State.OUTDATED,
+            f"partition(s) {pending[0]} half-detached (an interrupted DETACH … CONCURRENTLY hides their rows): "
+            "ALTER TABLE … DETACH PARTITION … FINALIZE",
+        )
     expected = {(oid, t) for oid in _target_oids(conn, plan) for t in CAPTURE_TRIGGERS.values()}
     present = {(relid, n) for relid, n, _, _ in triggers}
     if expected - present:
@@ -142,16 +155,16 @@ def _plans_or_states(conn: psycopg.Connection[Any], config: Config) -> tuple[lis
         try:
             plans.append(resolve_table(conn, table, config.defaults))
         except AuditDBError as e:
+            # The table the registry knew under the configured name, now under another one.
             now = conn.execute(
                 """select format('%%I.%%I', n.nspname, c.relname) from auditdb.tracked_tables t
                      join pg_catalog.pg_class c on c.oid = t.relid
                      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-                    where t.table_name = %s""",
-                (table.qualified,),
+                    where t.table_name = format('%%I.%%I', %s::text, %s::text)
+                      and t.table_name <> format('%%I.%%I', n.nspname, c.relname)""",
+                (table.schema, table.table),
             ).fetchone()
-            detail = (
-                f"renamed to {now[0]} since apply: update auditdb.toml" if now and now[0] != table.qualified else str(e)
-            )
+            detail = f"renamed to {now[0]} since apply: update auditdb.toml" if now else str(e)
             broken.append(TableStatus(table.qualified, State.MISSING, detail))
     return plans, broken
 
@@ -180,9 +193,13 @@ def _status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableS
         if broken
         else set()
     )
+    pending = {
+        int(r[0])
+        for r in conn.execute("select inhrelid::oid from pg_catalog.pg_inherits where inhdetachpending").fetchall()
+    }
     for root in sorted(set(found) - configured):
-        if root in renamed:
-            continue  # reported above under its configured name
+        if root in renamed or root in pending:
+            continue  # reported above, under its configured name or its table
         result.append(TableStatus(_regclass(conn, root), State.NOT_IN_CONFIG, "captured but not configured"))
     return result
 
@@ -243,20 +260,26 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
             )
         for plan in plans:
             conn.execute(
-                """insert into auditdb.tracked_tables (relid, table_name, function_name, config, signature, partitions)
-                   values (%s, %s, %s, %s, %s, %s)
+                """insert into auditdb.tracked_tables (relid, table_name, function_name, config, signature, partitions,
+                                                      children)
+                   values (%s, %s, %s, %s, %s, %s,
+                           array(select i.inhrelid from pg_catalog.pg_inherits i
+                                   join pg_catalog.pg_class c on c.oid = i.inhrelid
+                                  where i.inhparent = %s::oid and not c.relispartition order by 1))
                    on conflict (relid) do update
                    set table_name = excluded.table_name, function_name = excluded.function_name,
                        config = excluded.config, signature = excluded.signature, partitions = excluded.partitions,
+                       children = excluded.children,
                        applied_at = case when auditdb.tracked_tables.signature is distinct from excluded.signature
                                          then now() else auditdb.tracked_tables.applied_at end""",
                 (
                     plan.oid,
-                    plan.config.qualified,
+                    plan.table_name,
                     plan.function,
                     json.dumps(plan.resolved),
                     plan.signature,
                     list(plan.partition_oids),
+                    plan.oid,
                 ),
             )
         conn.execute("select auditdb.end_maintenance()")
@@ -266,7 +289,7 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
 def _regclass(conn: psycopg.Connection[Any], oid: int) -> str:
     row = conn.execute(
         """select n.nspname, c.relname from pg_catalog.pg_class c
-             join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = %s""",
+             join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = %s::oid""",
         (oid,),
     ).fetchone()
     return qualified(str(row[0]), str(row[1])) if row else str(oid)

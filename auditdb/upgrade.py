@@ -12,6 +12,7 @@ until `auditdb apply`.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import psycopg
@@ -32,7 +33,7 @@ def upgrade_configs(conn: psycopg.Connection[Any]) -> int:
         if config.get("format") == CONFIG_FORMAT:
             continue
         conn.execute(
-            "update auditdb.tracked_tables set config = %s where relid = %s",
+            "update auditdb.tracked_tables set config = %s where relid = %s::oid",
             (json.dumps(_format_3(conn, int(relid), config)), relid),
         )
         converted += 1
@@ -65,7 +66,12 @@ def _format_3(conn: psycopg.Connection[Any], relid: int, old: dict[str, Any]) ->
         key: old.get(key, [])
         for key in ("masked_full_attnums", "masked_last4_attnums", "mask_regex", "mask_last4_regex", "ignore_regex")
     }
+    ignore = [re.compile(r) for r in old.get("ignore_regex", [])]
+    skipped: list[str] = []
     new.update(
+        known_attnums=[c.attnum for c in columns.values()],
+        ignored_attnums=[c.attnum for c in columns.values() if any(r.search(c.name) for r in ignore)],
+        upgrade_skipped=skipped,
         format=CONFIG_FORMAT,
         entity_type=old.get("entity_type"),
         columns=[[c.name, c.type_oid, c.typmod] for c in columns.values()],
@@ -83,13 +89,19 @@ def _format_3(conn: psycopg.Connection[Any], relid: int, old: dict[str, Any]) ->
         n, o = redo(name.get("n")), redo(name.get("o"))
         if n and o and n[0] and o[0]:
             new["name"] = {"n": n[0], "o": o[0], "uses": uses(n[1] | o[1])}
+        else:
+            skipped.append("name (its columns are gone)")
     soft = old.get("soft_delete")
     if isinstance(soft, dict):
         s = redo(soft.get("sql"))
         if s and s[0]:
             new["soft_delete"] = {"sql": s[0], "uses": uses(s[1])}
+        else:
+            skipped.append("soft_delete (its column is gone)")
     for rule in old.get("rules", []):
         w = redo(rule.get("when"))
         if w is not None:
             new["rules"].append({"on": rule["on"], "action": rule["action"], "when": w[0], "uses": uses(w[1])})
+        else:
+            skipped.append(f"rule {rule.get('action')} (its columns are gone)")
     return new

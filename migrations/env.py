@@ -8,6 +8,7 @@ from alembic import context
 from auditdb.db import SAFE_SEARCH_PATH
 from auditdb.install import (
     INSTALL_LOCK_SQL,
+    INSTALL_LOCK_TIMEOUT,
     SCHEMA_SQL,
     VERSION_TABLE,
     VERSION_TABLE_SCHEMA,
@@ -50,6 +51,9 @@ def run_online() -> None:
         # The version table lives in schema auditdb, so the schema must exist before alembic
         # looks for it; the lock keeps two concurrent installs from interleaving.
         connection.exec_driver_sql(f"set local search_path = {SAFE_SEARCH_PATH}")
+        # Waiting for an application's open transaction must end, with a message saying so.
+        timeout = str(config.attributes.get("lock_timeout", INSTALL_LOCK_TIMEOUT))
+        connection.exec_driver_sql("select pg_catalog.set_config('lock_timeout', %(t)s, true)", {"t": timeout})
         connection.exec_driver_sql(INSTALL_LOCK_SQL)
         connection.exec_driver_sql(SCHEMA_SQL)
         context.run_migrations()

@@ -207,3 +207,18 @@ def test_the_upgrade_refresh_knows_the_current_template_version() -> None:
 
     refresh = (resources.files("auditdb.sql") / "definitions" / "refresh.sql").read_text()
     assert f"not like 'auditdb:{TEMPLATE_VERSION}:%'" in refresh
+
+
+def test_the_definitions_apply_again_over_themselves(empty_db: str) -> None:
+    # What every later upgrade does: re-apply the current definitions over an installed database.
+    install(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("comment on schema auditdb is 'auditdb definitions of an older release'")
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(empty_db) as conn:
+        assert scalar(conn, "select obj_description('auditdb'::regnamespace, 'pg_namespace')") == definitions_marker()
+        owner = scalar(
+            conn, "select proowner::regrole::text from pg_proc where oid = 'auditdb.capture_generic'::regproc"
+        )
+        assert owner == "auditdb_capture"

@@ -14,7 +14,7 @@ set local role auditdb_owner;
 
 -- The roles the login is or belongs to, directly or through others, whatever their INHERIT and
 -- SET options: every role whose rights or bindings it could act with.
-create or replace function auditdb.login_roles() returns name[]
+create or replace function auditdb.login_roles() returns oid[]
 language sql
 stable
 set search_path = pg_catalog, pg_temp
@@ -24,7 +24,7 @@ as $$
         union
         select m.roleid from pg_auth_members m join member_of on m.member = member_of.roleid
     )
-    select array_agg(r.rolname) from member_of join pg_roles r on r.oid = member_of.roleid
+    select array_agg(roleid) from member_of
 $$;
 
 comment on function auditdb.login_roles() is 'auditdb: the login role and every role it belongs to';
@@ -38,10 +38,10 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
     select case
-        when exists (select from auditdb.tenant_roles t where t.role_name = any(auditdb.login_roles()))
+        when exists (select from auditdb.tenant_roles t where t.roleid = any(auditdb.login_roles()))
             then array(select distinct t.tenant_id from auditdb.tenant_roles t
-                        where t.role_name = any(auditdb.login_roles()) order by 1)
-        when exists (select from auditdb.tenant_from_context_roles f where f.role_name = any(auditdb.login_roles()))
+                        where t.roleid = any(auditdb.login_roles()) order by 1)
+        when exists (select from auditdb.tenant_from_context_roles f where f.roleid = any(auditdb.login_roles()))
             then array_remove(array[left(nullif(current_setting('auditdb.tenant_id', true), ''), 256)], null)
         else '{}'::text[]
     end
@@ -49,7 +49,24 @@ $$;
 
 comment on function auditdb.reader_tenants() is 'auditdb: tenants the login may read (row-level security)';
 
--- Whether the login reads every tenant: a superuser, or a member of auditdb_admin bound to none.
+-- Whether the login is an admin of this database's log: a superuser, or a member of auditdb_admin
+-- through a role granted here (`auditdb grant ROLE --admin`, auditdb.admin_roles): auditdb_admin is
+-- cluster-wide, and an admin of another database's log is not one of this one's.
+-- definer: reads auditdb's admin registry for the session user only; takes no argument.
+create or replace function auditdb.is_admin_here() returns boolean
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce((select r.rolsuper from pg_roles r where r.rolname = session_user), false)
+        or ('auditdb_admin'::regrole::oid = any(auditdb.login_roles())
+            and exists (select from auditdb.admin_roles a where a.roleid = any(auditdb.login_roles())))
+$$;
+
+comment on function auditdb.is_admin_here() is 'auditdb: is the login an admin of this database''s log';
+
+-- Whether the login reads every tenant: an admin here that is bound to no tenant.
 -- definer: reads auditdb's reader bindings for the session user only; takes no argument.
 create or replace function auditdb.reader_sees_all() returns boolean
 language sql
@@ -58,21 +75,59 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select r.rolsuper from pg_roles r where r.rolname = session_user), false)
-        or ('auditdb_admin' = any(auditdb.login_roles())
-            and not exists (select from auditdb.tenant_roles t where t.role_name = any(auditdb.login_roles())))
+        or (auditdb.is_admin_here()
+            and not exists (select from auditdb.tenant_roles t where t.roleid = any(auditdb.login_roles())))
 $$;
 
 comment on function auditdb.reader_sees_all() is 'auditdb: does the login read every tenant (row-level security)';
 
-alter table auditdb.log enable row level security;
-drop policy if exists log_admin_read on auditdb.log;
-create policy log_admin_read on auditdb.log for select to auditdb_admin
-    using ((select auditdb.reader_sees_all()) or tenant_id = any ((select auditdb.reader_tenants())::text[]));
-drop policy if exists log_viewer_read on auditdb.log;
-create policy log_viewer_read on auditdb.log for select to auditdb_viewer
-    using (tenant_id = any ((select auditdb.reader_tenants())::text[]));
+-- One log table (the parent or a monthly partition) readable only under the policies: a role that
+-- can read a partition directly (pg_read_all_data, say) meets the same rows as through the log.
+create or replace function auditdb.protect_log_table(target regclass) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('alter table %s enable row level security', target);
+    execute format('drop policy if exists log_admin_read on %s', target);
+    execute format('create policy log_admin_read on %s for select to auditdb_admin '
+                   'using ((select auditdb.reader_sees_all()) or tenant_id = any ((select auditdb.reader_tenants())::text[]))',
+                   target);
+    execute format('drop policy if exists log_viewer_read on %s', target);
+    execute format('create policy log_viewer_read on %s for select to auditdb_viewer '
+                   'using (tenant_id = any ((select auditdb.reader_tenants())::text[]))', target);
+end
+$$;
+
+comment on function auditdb.protect_log_table(regclass) is 'auditdb: row-level security on one log table';
+
+select auditdb.protect_log_table(c.oid::regclass)
+  from pg_class c
+ where c.oid = 'auditdb.log'::regclass or c.oid in (select inhrelid from pg_inherits where inhparent = 'auditdb.log'::regclass);
 drop policy if exists log_capture_append on auditdb.log;
 create policy log_capture_append on auditdb.log for insert to auditdb_capture with check (true);
+
+-- auditdb's own tables: row-level security too, so a role that reads every table
+-- (pg_read_all_data) still sees only what an admin of this database would.
+do $$
+declare
+    t text;
+begin
+    foreach t in array array['tracked_tables', 'maintenance', 'settings', 'event_queue', 'event_dead_letter',
+                             'worker_heartbeat', 'tenant_roles', 'tenant_from_context_roles', 'admin_roles',
+                             'partition_archive']
+    loop
+        execute format('alter table auditdb.%I enable row level security', t);
+        execute format('drop policy if exists admin_read on auditdb.%I', t);
+        if t not in ('maintenance', 'settings') then
+            execute format('create policy admin_read on auditdb.%I for select to auditdb_admin '
+                           'using ((select auditdb.reader_sees_all()))', t);
+        end if;
+    end loop;
+end
+$$;
+drop policy if exists capture_read on auditdb.tracked_tables;
+create policy capture_read on auditdb.tracked_tables for select to auditdb_capture using (true);
 
 -- The WHERE clause (over alias l) for `log`/`export` filters given as JSON, every value a quoted
 -- literal: what auditdb.log_export counts. auditdb/query.py builds the same clause for the
@@ -158,6 +213,17 @@ declare
 begin
     if export_format is null or export_format not in ('csv', 'jsonl') then
         raise exception 'auditdb.log_export: format must be csv or jsonl' using errcode = 'invalid_parameter_value';
+    end if;
+    if pg_column_size(filters) > 16384 then
+        raise exception 'auditdb.log_export: filters are % bytes, at most 16 kB are allowed', pg_column_size(filters)
+            using errcode = 'program_limit_exceeded';
+    end if;
+    if actor_email is not null and (actor_email !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]+$'
+                                    or length(actor_email) > 320) then
+        raise exception 'auditdb.log_export: actor_email is not an e-mail address' using errcode = 'invalid_parameter_value';
+    end if;
+    if actor_id ~ '[[:cntrl:]]' then
+        raise exception 'auditdb.log_export: actor_id contains control characters' using errcode = 'invalid_parameter_value';
     end if;
     execute format('select count(*) from auditdb.log l where ((select auditdb.reader_sees_all()) '
                    'or l.tenant_id = any ((select auditdb.reader_tenants())::text[])) and (%s)', auditdb.filter_sql(filters))

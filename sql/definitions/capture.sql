@@ -47,17 +47,17 @@ as $$
     end
 $$;
 
--- SQL testing whether a column differs between rows o and n (jsonb equality for PostgreSQL's own
--- types: every one has it; the text for any other).
+-- SQL testing whether a column differs between rows o and n: by its text, in the "C" collation,
+-- so that values equal but not the same (1.0 and 1.00, 0 and -0, 'a' and 'A' under a
+-- case-insensitive collation) count as a change. (The generated capture uses the type's own
+-- equality where it is exact: auditdb/columns.py.)
 create or replace function auditdb.capture_changed_sql(col text, kind text) returns text
 language sql
 immutable
 set search_path = pg_catalog, pg_temp
 as $$
-    select case when kind = 'builtin'
-                then format('pg_catalog.to_jsonb(o.%1$I) is distinct from pg_catalog.to_jsonb(n.%1$I)', col)
-                else format('%s is distinct from %s', auditdb.capture_text_sql('o', col, kind),
-                            auditdb.capture_text_sql('n', col, kind)) end
+    select format('(%s collate "C") is distinct from (%s collate "C")', auditdb.capture_text_sql('o', col, kind),
+                  auditdb.capture_text_sql('n', col, kind))
 $$;
 
 -- SQL building one jsonb object from 'key', value pairs (jsonb_build_object takes at most 100
@@ -73,6 +73,28 @@ as $$
              group by g) c
 $$;
 
+-- Whether every column an expression was written for (uses: [[attnum, name, type oid], …]) is
+-- still there under the same name and type, and (unless masked_ok: a rule may test a masked
+-- column, an entity name may not show one) not masked.
+create or replace function auditdb.capture_columns_unchanged(uses jsonb, current_columns jsonb, masked_ok boolean)
+returns boolean
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select jsonb_typeof(uses) = 'array'
+       and not exists (
+           select from jsonb_array_elements(uses) u
+            where current_columns->(u->>0) is null
+               or current_columns->(u->>0)->>'name' is distinct from u->>1
+               or (current_columns->(u->>0)->>'type')::oid is distinct from (u->>2)::oid
+               or (not masked_ok and (current_columns->(u->>0)->>'masked')::boolean))
+$$;
+
+reset role;
+
+-- The generic body belongs to auditdb_capture like every capture function (a superuser creates and
+-- replaces it: auditdb_capture may create nothing).
 -- Reads the trigger's transition tables only through SQL built from the catalog, shows values of
 -- non-builtin types through their output functions, and runs only expressions `apply` checked,
 -- after checking that their columns are still the ones they were written for.
@@ -85,6 +107,9 @@ set timezone = 'UTC'
 set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres'
 set extra_float_digits = 1
+set bytea_output = 'hex'
+set array_nulls = on
+set lc_monetary = 'C'
 set jit = off
 as $auditdb$
 #variable_conflict use_variable
@@ -101,6 +126,8 @@ declare
     del_kind text;
     col record;
     current_columns jsonb := '{}';
+    row_columns text[] := '{}';
+    pair text;
     new_pairs text[] := '{}';
     old_pairs text[] := '{}';
     diff text[] := '{}';
@@ -177,11 +204,17 @@ begin
                     when a.attnum = any(array(select jsonb_array_elements_text(cfg->'masked_last4_attnums'))::int2[])
                       or a.attname ~ any(array(select jsonb_array_elements_text(cfg->'mask_last4_regex'))) then 'last4'
                end as mask,
-               coalesce(a.attname ~ any(array(select jsonb_array_elements_text(cfg->'ignore_regex'))), false) as ignored
+               -- Ignored: the columns ignored at apply (by number), and new ones whose name matches a glob
+               -- (a column renamed to an ignored name is still compared).
+               case when a.attnum = any(array(select jsonb_array_elements_text(cfg->'known_attnums'))::int2[])
+                    then a.attnum = any(array(select jsonb_array_elements_text(cfg->'ignored_attnums'))::int2[])
+                    else coalesce(a.attname ~ any(array(select jsonb_array_elements_text(cfg->'ignore_regex'))), false)
+               end as ignored
           from pg_attribute a
-         where a.attrelid = root and a.attnum > 0 and not a.attisdropped
+         where a.attrelid = root and a.attnum > 0 and not a.attisdropped and a.attgenerated <> 'v'
          order by a.attnum
     loop
+        row_columns := row_columns || format('t.%I', col.name);
         current_columns := current_columns || jsonb_build_object(col.attnum::text,
             jsonb_build_object('name', col.name, 'type', col.atttypid, 'kind', col.kind, 'masked', col.mask is not null));
         new_pairs := new_pairs || format('%L, pg_catalog.jsonb_build_object(%L, %s)', col.name, 'new',
@@ -270,6 +303,7 @@ begin
         rules_sql := jsonb_set(rules_sql, array[rule->>'on'],
                                to_jsonb((rules_sql->>(rule->>'on')) || format(' when %s then %L', coalesce(rule->>'when', 'true'), rule->>'action')));
     end loop;
+    skipped := skipped || array(select jsonb_array_elements_text(coalesce(cfg->'upgrade_skipped', '[]')));
     if cardinality(skipped) > 0 then
         meta := meta || jsonb_build_object('capture_warning',
             'skipped (columns renamed, retyped, dropped or masked since apply): ' || array_to_string(skipped, ', ')
@@ -302,10 +336,15 @@ begin
     end if;
 
     if new_count = row_count then
-        -- Old and new rows pair by position (the executor appends them together).
-        pairs := 'from (select row_number() over () as auditdb_pair, t.* from auditdb_old t) o
-                  join (select row_number() over () as auditdb_pair, t.* from auditdb_new t) n
-                    on n.auditdb_pair = o.auditdb_pair';
+        -- Old and new rows pair by position (the executor appends them together); the pairing
+        -- column takes a name none of the table's columns has, and only captured columns are read.
+        pair := 'auditdb_pair';
+        while exists (select from jsonb_each(current_columns) e where e.value->>'name' = pair) loop
+            pair := pair || '_';
+        end loop;
+        pairs := format('from (select row_number() over () as %1$I, %2$s from auditdb_old t) o
+                          join (select row_number() over () as %1$I, %2$s from auditdb_new t) n
+                            on n.%1$I = o.%1$I', pair, coalesce(nullif(array_to_string(row_columns, ', '), ''), 'null'));
     else
         -- A BEFORE INSERT trigger on a partition dropped moving rows: pair by key; an old row
         -- with no partner is logged as deleted, a new one with none as created.
@@ -354,22 +393,4 @@ $auditdb$;
 
 comment on function auditdb.capture_generic() is 'auditdb:generic';
 
--- Whether every column an expression was written for (uses: [[attnum, name, type oid], …]) is
--- still there under the same name and type, and (unless masked_ok: a rule may test a masked
--- column, an entity name may not show one) not masked.
-create or replace function auditdb.capture_columns_unchanged(uses jsonb, current_columns jsonb, masked_ok boolean)
-returns boolean
-language sql
-immutable
-set search_path = pg_catalog, pg_temp
-as $$
-    select jsonb_typeof(uses) = 'array'
-       and not exists (
-           select from jsonb_array_elements(uses) u
-            where current_columns->(u->>0) is null
-               or current_columns->(u->>0)->>'name' is distinct from u->>1
-               or (current_columns->(u->>0)->>'type')::oid is distinct from (u->>2)::oid
-               or (not masked_ok and (current_columns->(u->>0)->>'masked')::boolean))
-$$;
-
-reset role;
+alter function auditdb.capture_generic() owner to auditdb_capture;

@@ -86,6 +86,15 @@ begin
                   detail = 'Table changes are captured by the audit triggers; AUDIT_CHANGED records changes to auditing.',
                   hint = 'Emit an action of your own (e.g. DATA_IMPORTED) for events no table change shows.';
     end if;
+    if entity_type ~ '^Audit' then
+        raise exception 'auditdb.emit: entity type % is auditdb''s own', quote_literal(left(entity_type, 64))
+            using errcode = 'invalid_parameter_value',
+                  detail = 'Entries about auditing itself (AuditLog, AuditAccess, AuditPartition, …) are written only by auditdb.';
+    end if;
+    if metadata ? 'previous_id' then
+        raise exception 'auditdb.emit: metadata.previous_id is written only by auditdb itself (an entity''s key change)'
+            using errcode = 'invalid_parameter_value';
+    end if;
     if octet_length(entity_type) > 256 then
         raise exception 'auditdb.emit: entity_type is % bytes long, at most 256 are allowed', octet_length(entity_type)
             using errcode = 'string_data_right_truncation';

@@ -4,15 +4,33 @@
 -- write the log, and auditdb_capture only the columns an entry's author chooses: the log sets id,
 -- occurred_at, txid and db_user itself. auditdb_admin reads the log (viewers under row-level
 -- security, sql/definitions/access.sql); auditdb_writer sets the context and emits.
+-- Everything auditdb's roles hold here is what follows, and nothing else (whatever a role that
+-- once ran as auditdb_owner granted; other grantees are removed by auditdb.foreign_objects).
 revoke all on all functions in schema auditdb from public;
+do $$
+declare
+    held record;
+begin
+    for held in
+        select p.oid::regprocedure as fn, r.rolname
+          from pg_proc p cross join lateral aclexplode(p.proacl) a join pg_roles r on r.oid = a.grantee
+         where p.pronamespace = 'auditdb'::regnamespace and a.grantee <> p.proowner
+           and r.rolname in ('auditdb_capture', 'auditdb_admin', 'auditdb_viewer', 'auditdb_writer')
+    loop
+        execute format('revoke all on function %s from %I', held.fn, held.rolname);
+    end loop;
+end
+$$;
+revoke all on all tables in schema auditdb from auditdb_capture, auditdb_admin, auditdb_viewer, auditdb_writer;
+revoke all on all sequences in schema auditdb from public, auditdb_capture, auditdb_admin, auditdb_viewer, auditdb_writer;
 alter default privileges for role auditdb_owner revoke execute on functions from public;
 alter default privileges for role auditdb_capture revoke execute on functions from public;
 
 revoke all on all tables in schema auditdb from public;
-revoke all on all sequences in schema auditdb from public;
+grant usage on schema auditdb to auditdb_admin, auditdb_viewer, auditdb_writer;
 grant select on auditdb.log, auditdb.partition_archive, auditdb.tracked_tables, auditdb.event_queue,
                 auditdb.worker_heartbeat, auditdb.tenant_roles, auditdb.tenant_from_context_roles,
-                auditdb.event_dead_letter to auditdb_admin;
+                auditdb.event_dead_letter, auditdb.admin_roles to auditdb_admin;
 grant select on auditdb.log to auditdb_viewer;
 grant select on auditdb.alembic_version to auditdb_admin, auditdb_viewer, auditdb_writer;
 
@@ -36,8 +54,11 @@ grant execute on function auditdb.reader_tenants(), auditdb.reader_sees_all(),
                           auditdb.log_export(jsonb, text, text, text, boolean, bigint),
                           auditdb.filter_sql(jsonb)
     to auditdb_admin, auditdb_viewer;
+grant execute on function auditdb.type_kind(oid), auditdb.scalar_base_type(oid), auditdb.exact_equality(oid, oid),
+                          auditdb.foreign_objects(text[])
+    to auditdb_admin;
 grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(), auditdb.month_start(integer),
-                          auditdb.archive_digest(text), auditdb.record_archive(text, bigint, text, text),
+                          auditdb.record_archive(text, bigint, text, text),
                           auditdb.prune_partitions(integer, boolean),
                           auditdb.process_events(integer),
                           auditdb.worker_beat(text, timestamptz, bigint),

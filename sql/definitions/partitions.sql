@@ -24,6 +24,9 @@ create or replace function auditdb.ensure_partitions(months_ahead integer defaul
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+-- Creating a partition waits for every transaction holding the log; while it waits, every audited
+-- write queues behind it. Give up soon instead: months are made well ahead, the next try succeeds.
+set lock_timeout = '2s'
 as $$
 declare
     month_offset integer;
@@ -58,8 +61,14 @@ begin
                 using errcode = 'check_violation',
                       detail = 'Entries landed in the default partition because their month had no partition.',
                       hint = 'See `auditdb doctor`; the default partition must be emptied by an administrator first.';
+        when lock_not_available then
+            raise exception 'could not create partition auditdb.% within 2 s: a transaction is holding auditdb.log', partition_name
+                using errcode = 'lock_not_available',
+                      detail = 'Waiting longer would hold up every audited write behind it.',
+                      hint = 'It is retried later (the worker tries hourly); long-open transactions that wrote audited tables delay it.';
         end;
         perform auditdb.guard_log_table(format('auditdb.%I', partition_name)::regclass);
+        perform auditdb.protect_log_table(format('auditdb.%I', partition_name)::regclass);
         execute format('comment on table auditdb.%I is %L', partition_name,
                        'auditdb: entries of ' || to_char(lower_bound at time zone 'UTC', 'YYYY-MM') || ' (UTC)');
         return next partition_name;
@@ -98,7 +107,7 @@ comment on function auditdb.partitions() is 'auditdb: the monthly partitions of 
 -- The digest of a partition's archive as `partitions prune --export-dir` writes it: one line per
 -- entry (to_jsonb of the row, then a newline, UTF-8), in id order; the SHA-256 of each run of
 -- 10,000 lines, then the SHA-256 of those digests one after another (hex). A reader who has every
--- byte of the archive can compute it; nobody else can.
+-- byte of the archive can compute it; nobody else can (this function is executable by no role).
 -- definer: reads one partition of auditdb.log named by a checked argument (log_YYYY_MM).
 create or replace function auditdb.archive_digest(partition_name text) returns table (row_count bigint, sha256 text)
 language plpgsql
@@ -134,6 +143,10 @@ as $$
 declare
     actual record;
 begin
+    if not auditdb.is_admin_here() then
+        raise exception 'auditdb.record_archive is for admins of this database''s log'
+            using errcode = 'insufficient_privilege', hint = 'auditdb grant ROLE --admin';
+    end if;
     select * into actual from auditdb.archive_digest(partition_name);
     if actual.row_count <> row_count then
         raise exception 'archive of auditdb.% holds % rows but the partition has %', partition_name, row_count, actual.row_count
@@ -180,6 +193,10 @@ declare
     archive record;
     began boolean := false;
 begin
+    if not auditdb.is_admin_here() then
+        raise exception 'auditdb.prune_partitions is for admins of this database''s log'
+            using errcode = 'insufficient_privilege', hint = 'auditdb grant ROLE --admin';
+    end if;
     if older_than_months is null or older_than_months < 0 then
         raise exception 'auditdb.prune_partitions: older_than_months must be 0 or more, not %', older_than_months
             using errcode = 'invalid_parameter_value';

@@ -22,4 +22,3 @@ begin
 end
 $$;
 
-alter function auditdb.capture_generic() owner to auditdb_capture;

@@ -19,28 +19,51 @@
 -- (auditdb.counted_rows). auditdb's own upkeep (apply, partitions) marks its transaction
 -- (auditdb.begin_maintenance) and logs itself.
 
--- The rows of one table, counted without running anything its owner controls: COPY of a table
--- (not of a query) reads the heap directly, with no planner to fold the owner's index predicates or
--- expressions, and formats each value with its type's output function (C, made by a superuser).
+-- The rows of one table, counted without running anything its owner controls. Planning even
+-- `select count(*)` folds the constants in the table's index expressions and predicates and in
+-- its extended statistics, which may call the owner's functions: a table with any of those is not
+-- counted (null: the caller records the planner's estimate instead). Otherwise nothing of the
+-- owner's is reached (no constraint exclusion, no row-level security for a superuser).
 create or replace function auditdb.counted_rows(rel regclass) returns bigint
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+set constraint_exclusion = off
+as $$
+declare
+    n bigint;
+begin
+    if exists (select from pg_index i where i.indrelid = rel and (i.indexprs is not null or i.indpred is not null))
+       or exists (select from pg_statistic_ext x where x.stxrelid = rel and x.stxexprs is not null) then
+        return null;
+    end if;
+    execute format('select count(*) from only %s', rel) into n;
+    return n;
+end
+$$;
+
+comment on function auditdb.counted_rows(regclass) is 'auditdb: a table''s row count, read without running its owner''s code';
+
+-- A partition's rows for an entry: counted, or the planner's estimate where counting could run the
+-- owner's code ({"rows": n} or {"rows_estimated": n}).
+create or replace function auditdb.partition_rows(rel regclass) returns jsonb
 language plpgsql
 security invoker
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     n bigint;
-    first_column text;
 begin
-    select format('(%I)', a.attname) into first_column from pg_attribute a
-     where a.attrelid = rel and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
-     order by a.attnum limit 1;
-    execute format('copy %s %s to %L', rel, coalesce(first_column, ''), '/dev/null');
-    get diagnostics n = row_count;
-    return n;
+    if (select relkind from pg_class where oid = rel) <> 'r' then
+        return '{}';
+    end if;
+    n := auditdb.counted_rows(rel);
+    if n is not null then
+        return jsonb_build_object('rows', n);
+    end if;
+    return jsonb_build_object('rows_estimated', nullif(greatest((select reltuples from pg_class where oid = rel), -1), -1)::bigint);
 end
 $$;
-
-comment on function auditdb.counted_rows(regclass) is 'auditdb: a table''s row count, read without running its owner''s code';
 
 -- Every type a value of type typ is made of: itself, a domain's base, an array's element, a
 -- composite's attributes, a range's subtype, a multirange's range (recursively).
@@ -205,19 +228,24 @@ begin
       from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = root;
 
     -- Partitions that left (detached: their rows left the tracked table) or joined.
-    current_partitions := coalesce(array(select p.relid from pg_partition_tree(root) p where p.relid <> root order by 1), '{}');
+    -- A partition half-detached (DETACH … CONCURRENTLY interrupted) has left already: its rows are
+    -- hidden from the table.
+    current_partitions := coalesce(array(
+        select p.relid from pg_partition_tree(root) p
+         where p.relid <> root
+           and not exists (select from pg_inherits i where i.inhrelid = p.relid and i.inhdetachpending)
+         order by 1), '{}');
     if current_partitions is distinct from tracked.partitions then
         update auditdb.tracked_tables set partitions = current_partitions where relid = root;
     end if;
     foreach part in array tracked.partitions loop
         continue when part = any(current_partitions) or not exists (select from pg_class where oid = part)
-                      or pg_partition_root(part) = root;
+                      or (pg_partition_root(part) = root
+                          and not exists (select from pg_inherits i where i.inhrelid = part and i.inhdetachpending));
         perform auditdb.refuse_data_ddl('detaching a partition', current_name);
         perform auditdb.log_audit_change('AuditPartition', tracked.table_name, part::regclass::text, tracked.table_name,
             jsonb_build_object('operation', 'detach_partition', 'partition', part::regclass::text, 'command', command,
-                               'rows', case when (select relkind from pg_class where oid = part) = 'r'
-                                            then auditdb.counted_rows(part::regclass) end,
-                               'query', left(current_query(), 4096)));
+                               'query', auditdb.redacted_query()) || auditdb.partition_rows(part::regclass));
         -- A table that left is no longer this table's: its writes must not be logged as this one's.
         for bad in
             select t.tgrelid::regclass as tbl, t.tgname from pg_trigger t
@@ -241,10 +269,8 @@ begin
         end loop;
         perform auditdb.log_audit_change('AuditPartition', tracked.table_name, part::regclass::text, tracked.table_name,
             jsonb_build_object('operation', case when command = 'CREATE TABLE' then 'create_partition' else 'attach_partition' end,
-                               'partition', part::regclass::text, 'command', command, 'triggers', to_jsonb(added),
-                               'rows', case when command = 'CREATE TABLE' then 0
-                                            when (select relkind from pg_class where oid = part) = 'r'
-                                            then auditdb.counted_rows(part::regclass) end));
+                               'partition', part::regclass::text, 'command', command, 'triggers', to_jsonb(added))
+            || case when command = 'CREATE TABLE' then '{"rows": 0}'::jsonb else auditdb.partition_rows(part::regclass) end);
     end loop;
 
     -- Every member of the table's partition tree carries the capture triggers (one dropped is
@@ -291,6 +317,72 @@ begin
 end
 $$;
 
+-- A type a tracked column is made of, after DDL changed it (an enum's RENAME VALUE swaps what stored
+-- values mean; a composite's attributes change stored values).
+create or replace function auditdb.watch_type(typ oid, identity text, command text) returns void
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    tracked record;
+begin
+    if typ is null or typ = 0 then
+        return;
+    end if;
+    for tracked in
+        select tt.table_name from auditdb.tracked_tables tt
+         where exists (select from pg_attribute a where a.attrelid = tt.relid and a.attnum > 0
+                          and not a.attisdropped and typ = any(auditdb.type_closure(a.atttypid)))
+    loop
+        perform auditdb.refuse_data_ddl(lower(command), identity);
+        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, identity, tracked.table_name,
+            jsonb_build_object('operation', 'alter_type', 'type', identity, 'command', command,
+                               'labels', (select jsonb_agg(e.enumlabel order by e.enumsortorder)
+                                            from pg_enum e where e.enumtypid = typ),
+                               'query', auditdb.redacted_query()));
+    end loop;
+end
+$$;
+
+-- Tables inheriting from a tracked table (not partitions): their rows show in the tracked table's
+-- queries, but their writes fire only their own triggers, so they are not captured. One joining or
+-- leaving is logged (and refused with refuse_data_ddl).
+create or replace function auditdb.watch_inheritance(rel oid, command text) returns void
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    tracked record;
+begin
+    for tracked in
+        select t.relid, t.table_name from pg_inherits i join auditdb.tracked_tables t on t.relid = i.inhparent
+         where i.inhrelid = rel and not (rel = any(t.children))
+           and not coalesce((select relispartition from pg_class where oid = rel), true)
+    loop
+        perform auditdb.refuse_data_ddl('inheriting from', tracked.table_name,
+                                        'its rows would show in the tracked table uncaptured');
+        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, rel::regclass::text, tracked.table_name,
+            jsonb_build_object('operation', 'inherit', 'child', rel::regclass::text, 'command', command, 'captured', false,
+                               'query', auditdb.redacted_query()) || auditdb.partition_rows(rel::regclass));
+        update auditdb.tracked_tables set children = children || rel where relid = tracked.relid;
+    end loop;
+    for tracked in
+        select t.relid, t.table_name from auditdb.tracked_tables t
+         where rel = any(t.children)
+           and not exists (select from pg_inherits i where i.inhrelid = rel and i.inhparent = t.relid)
+    loop
+        perform auditdb.refuse_data_ddl('ending inheritance from', tracked.table_name,
+                                        'its rows would leave the tracked table unlogged');
+        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, rel::regclass::text, tracked.table_name,
+            jsonb_build_object('operation', 'no_inherit', 'child', rel::regclass::text, 'command', command,
+                               'query', auditdb.redacted_query()) || auditdb.partition_rows(rel::regclass));
+        update auditdb.tracked_tables set children = array_remove(children, rel) where relid = tracked.relid;
+    end loop;
+end
+$$;
+
 -- ddl_command_end: every table, trigger and type the command touched.
 -- definer: the installing superuser's; reads the catalog and runs DDL named from it, never the table owner's code.
 create or replace function auditdb.on_ddl_command_end() returns event_trigger
@@ -325,21 +417,14 @@ begin
                             perform auditdb.watch_table(tracked.relid, tg_tag);
                         end loop;
                     end if;
-                    -- An inheritance child of a tracked table: its rows show in the parent's
-                    -- queries, but its writes fire only its own triggers, so they are not captured.
-                    if (tg_tag = 'CREATE TABLE' or current_query() ~* 'inherit')
-                       and (select relispartition from pg_class where oid = obj.objid) is false then
-                        for tracked in
-                            select t.table_name from pg_inherits i join auditdb.tracked_tables t on t.relid = i.inhparent
-                             where i.inhrelid = obj.objid
-                        loop
-                            perform auditdb.refuse_data_ddl('inheriting from', tracked.table_name,
-                                                            'its rows would show in the tracked table uncaptured');
-                            perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, obj.object_identity,
-                                tracked.table_name, jsonb_build_object('operation', 'inherit', 'child', obj.object_identity,
-                                                                       'command', tg_tag, 'captured', false,
-                                                                       'query', left(current_query(), 4096)));
-                        end loop;
+                    perform auditdb.watch_inheritance(obj.objid, tg_tag);
+                    -- A table whose row type is a column type of a tracked table (a composite's
+                    -- attributes changed: stored values changed with them).
+                    if exists (select from pg_depend d
+                                where d.refclassid = 'pg_type'::regclass and d.deptype = 'n'
+                                  and d.refobjid = (select reltype from pg_class where oid = obj.objid)) then
+                        perform auditdb.watch_type((select reltype from pg_class where oid = obj.objid),
+                                                   obj.object_identity, tg_tag);
                     end if;
                 end if;
             elsif obj.classid = 'pg_trigger'::regclass then
@@ -357,20 +442,7 @@ begin
                                            'command', tg_tag));
                 end if;
             elsif obj.classid = 'pg_type'::regclass then
-                -- A type a tracked column is made of changed (RENAME VALUE swaps what stored values mean).
-                for tracked in
-                    select tt.table_name from auditdb.tracked_tables tt
-                     where exists (select from pg_attribute a where a.attrelid = tt.relid and a.attnum > 0
-                                      and not a.attisdropped and obj.objid = any(auditdb.type_closure(a.atttypid)))
-                loop
-                    perform auditdb.refuse_data_ddl(lower(tg_tag), obj.object_identity);
-                    perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, obj.object_identity,
-                        tracked.table_name,
-                        jsonb_build_object('operation', 'alter_type', 'type', obj.object_identity, 'command', tg_tag,
-                                           'labels', (select jsonb_agg(e.enumlabel order by e.enumsortorder)
-                                                        from pg_enum e where e.enumtypid = obj.objid),
-                                           'query', left(current_query(), 4096)));
-                end loop;
+                perform auditdb.watch_type(obj.objid, obj.object_identity, tg_tag);
             end if;
         end loop;
         perform auditdb.end_maintenance();
@@ -441,12 +513,18 @@ begin
                     delete from auditdb.tracked_tables where relid::oid = obj.objid;
                     continue;
                 end if;
+                for tracked in select * from auditdb.tracked_tables tt where obj.objid = any(tt.children) loop
+                    perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, obj.object_identity,
+                        tracked.table_name, jsonb_build_object('operation', 'drop_child', 'child', obj.object_identity,
+                                                               'query', auditdb.redacted_query()));
+                    update auditdb.tracked_tables set children = array_remove(children, obj.objid) where relid = tracked.relid;
+                end loop;
                 for tracked in select * from auditdb.tracked_tables tt where obj.objid = any(tt.partitions) loop
                     -- A partition dropped in place: its rows left the tracked table (how many is gone with it).
                     perform auditdb.refuse_data_ddl('dropping a partition', tracked.table_name);
                     perform auditdb.log_audit_change('AuditPartition', tracked.table_name, obj.object_identity,
                         tracked.table_name, jsonb_build_object('operation', 'drop_partition', 'partition', obj.object_identity,
-                                                               'rows', null, 'query', left(current_query(), 4096)));
+                                                               'rows', null, 'query', auditdb.redacted_query()));
                     update auditdb.tracked_tables set partitions = array_remove(partitions, obj.objid) where relid = tracked.relid;
                 end loop;
             elsif obj.object_type = 'function' and obj.schema_name = 'auditdb' and obj.object_name like 'auditdb\_capture\_%' then
@@ -488,7 +566,7 @@ begin
         perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, rel::regclass::text, tracked.table_name,
             jsonb_build_object('operation', 'rewrite', 'table', rel::regclass::text, 'command', tg_tag,
                                'reason', pg_event_trigger_table_rewrite_reason(),
-                               'query', left(current_query(), 4096)));
+                               'query', auditdb.redacted_query()));
     exception when others then
         raise exception 'auditdb: % refused: its effect on auditing could not be recorded (%)', tg_tag, sqlerrm
             using errcode = 'external_routine_exception',

@@ -4,6 +4,7 @@ a heartbeat is a running worker only while its connection lives."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -55,3 +56,28 @@ def test_a_heartbeat_without_a_running_worker_is_not_a_running_worker(
     doctor = CliRunner().invoke(cli, ["--dsn", dsn, "--config", "/nonexistent.toml", "doctor"])
     [line] = [line for line in doctor.output.splitlines() if " worker " in line]
     assert not line.startswith("ok") and "ghost" in line and "not running now" in line
+
+
+def test_an_admin_cannot_have_the_server_compute_an_archive_digest(
+    dsn: str, pg_server: Server, dbname: str, make_role: MakeRole
+) -> None:
+    admin = make_role()
+    assert CliRunner().invoke(cli, ["--dsn", dsn, "grant", admin, "--admin"]).exit_code == 0
+    with psycopg.connect(pg_server.dsn(dbname, user=admin), autocommit=True) as c:
+        name = scalar(c, "select partition_name from auditdb.partitions() order by 1 limit 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("select * from auditdb.archive_digest(%s)", (name,))
+
+
+def test_an_admin_runs_doctor_status_and_an_archived_prune(
+    conn: psycopg.Connection[Any], dsn: str, pg_server: Server, dbname: str, make_role: MakeRole, tmp_path: Path
+) -> None:
+    conn.execute("create table t (id int primary key)")
+    (tmp_path / "auditdb.toml").write_text('[tables."public.t"]\n')
+    apply(conn, parse_config(tomllib.loads('[tables."public.t"]\n')))
+    admin = make_role()
+    assert CliRunner().invoke(cli, ["--dsn", dsn, "grant", admin, "--admin"]).exit_code == 0
+    as_admin = ["--dsn", pg_server.dsn(dbname, user=admin), "--config", str(tmp_path / "auditdb.toml")]
+    for args in (["status"], ["doctor"], ["partitions", "prune", "--older-than", "0", "--export-dir", str(tmp_path)]):
+        result = CliRunner().invoke(cli, [*as_admin, *args])
+        assert result.exit_code in (0, 1) and "permission denied" not in result.output, (args, result.output)

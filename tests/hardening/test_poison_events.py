@@ -33,6 +33,9 @@ def writer(conn: psycopg.Connection[Any], app_conn: psycopg.Connection[Any]) -> 
         ({"entity_type": "é" * 100, "entity_id": "é" * 1000}, "2200 bytes long together"),
         ({"entity_name": "x" * 5_000}, "at most 4096"),
         ({"metadata": {"blob": "x" * 1_100_000}}, "at most 1 MB"),
+        # Lookalikes of auditdb's own entries, and splicing into another entity's history.
+        ({"entity_type": "AuditAccess", "entity_id": "alice"}, "auditdb's own"),
+        ({"entity_type": "User", "metadata": {"previous_id": "u1"}}, "previous_id is written only by auditdb"),
     ],
 )
 def test_emit_bounds_its_fields_with_a_clear_error(

@@ -116,7 +116,9 @@ def test_an_unlisted_viewer_never_falls_into_reading_its_setting(
     bound = make_role()
     _grant(dsn, bound, "--viewer", "--tenant", "t1")
     with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("insert into auditdb.tenant_from_context_roles values (%s)", (bound,))
+        c.execute(
+            "insert into auditdb.tenant_from_context_roles (roleid, role_name) values (%s::regrole, %s)", (bound, bound)
+        )
     # A bound viewer listed for the context mode too stays bound.
     assert _seen(pg_server, dbname, bound, "set auditdb.tenant_id = 't2'") == ["t1", "t1"]
 
@@ -162,3 +164,68 @@ def test_the_policy_decides_the_binding_once_per_query(
     with psycopg.connect(pg_server.dsn(dbname, user=viewer), autocommit=True) as c:
         plan = "\n".join(r[0] for r in c.execute("explain (analyze, costs off) select * from auditdb.log"))
     assert "InitPlan" in plan, plan
+
+
+def test_auditdb_admin_granted_elsewhere_reads_nothing_here(
+    conn: psycopg.Connection[Any], dsn: str, dbname: str, pg_server: Server, tenants_log: None, make_role: MakeRole
+) -> None:
+    # auditdb_admin is cluster-wide: granted for another database's log (not with `auditdb grant`
+    # here), it reads nothing of this one's and manages nothing here.
+    elsewhere = make_role()
+    conn.execute(sql.SQL("grant auditdb_admin to {}").format(sql.Identifier(elsewhere)))
+    assert _seen(pg_server, dbname, elsewhere) == []
+    with psycopg.connect(pg_server.dsn(dbname, user=elsewhere), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="admins of this database"):
+            c.execute("select * from auditdb.prune_partitions(0, true)")
+    _grant(dsn, elsewhere, "--admin")
+    assert _seen(pg_server, dbname, elsewhere) == sorted(TENANTS)
+
+
+def test_a_partition_read_directly_shows_no_more_than_the_log(
+    conn: psycopg.Connection[Any], dsn: str, dbname: str, pg_server: Server, tenants_log: None, make_role: MakeRole
+) -> None:
+    viewer = make_role()
+    _grant(dsn, viewer, "--viewer", "--tenant", "t1")
+    conn.execute(sql.SQL("grant pg_read_all_data to {}").format(sql.Identifier(viewer)))
+    partition = scalar(
+        conn,
+        "select 'auditdb.' || partition_name from auditdb.partitions() "
+        "where now() >= month_start and now() < month_end",
+    )
+    with psycopg.connect(pg_server.dsn(dbname, user=viewer), autocommit=True) as c:
+        query = sql.SQL("select tenant_id from {} where action = 'LOGIN'").format(sql.SQL(partition))
+        direct = sorted(r[0] for r in c.execute(query))
+        assert scalar(c, "select count(*) from auditdb.tenant_roles") == 0
+        assert scalar(c, "select count(*) from auditdb.event_queue") == 0
+    assert direct == ["t1", "t1"]
+
+
+def test_a_binding_follows_its_role_not_its_name(
+    conn: psycopg.Connection[Any], dsn: str, dbname: str, pg_server: Server, tenants_log: None, make_role: MakeRole
+) -> None:
+    viewer = make_role()
+    _grant(dsn, viewer, "--viewer", "--tenant", "t1")
+    _grant(dsn, viewer, "--admin")
+    renamed = viewer + "_renamed"
+    conn.execute(sql.SQL("alter role {} rename to {}").format(sql.Identifier(viewer), sql.Identifier(renamed)))
+    try:
+        assert _seen(pg_server, dbname, renamed) == ["t1", "t1"]  # still bound: it does not become unbound admin
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(viewer)))
+        _grant(dsn, viewer, "--viewer")
+        assert _seen(pg_server, dbname, viewer) == []  # a new role under the old name inherits no binding
+    finally:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(renamed)))
+
+
+def test_an_export_record_is_bounded_and_checked(
+    dsn: str, dbname: str, pg_server: Server, tenants_log: None, make_role: MakeRole
+) -> None:
+    viewer = make_role()
+    _grant(dsn, viewer, "--viewer", "--tenant", "t1")
+    with psycopg.connect(pg_server.dsn(dbname, user=viewer), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            c.execute("select auditdb.log_export(%s, 'csv', null, null)", (json.dumps({"search": "x" * 50_000}),))
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("select auditdb.log_export('{}', 'csv', null, %s)", ("\x1b[2Jevil@x.y",))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("select * from auditdb.archive_digest('log_2026_01')")

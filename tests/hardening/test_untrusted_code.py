@@ -135,7 +135,10 @@ def test_apply_status_and_the_ddl_watchers_never_run_application_code(
     changes = [e["metadata"] for e in audit_entries(conn, "action = 'AUDIT_CHANGED'")]
     operations = [m.get("operation") for m in changes]
     assert {"attach_partition", "detach_partition", "alter_type", "rewrite", "schema_changed"} <= set(operations)
-    assert [m["rows"] for m in changes if m.get("operation") in ("attach_partition", "detach_partition")] == [50, 50]
+    # With that predicate even planning a count could run it: the entries carry the planner's
+    # estimate instead of a count (a table without one is counted: tests/hardening/test_ddl_watch.py).
+    moved = [m for m in changes if m.get("operation") in ("attach_partition", "detach_partition")]
+    assert len(moved) == 2 and all("rows_estimated" in m and "rows" not in m for m in moved)
     # The counting did not plan a query over the table: a planned one would have run the predicate.
     with psycopg.connect(dsn, autocommit=True) as fresh:
         fresh.execute("select count(*) from parted_2")

@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
 from auditdb.config import parse_config
+from auditdb.errors import AuditDBError
 from auditdb.install import install
 from auditdb.triggers import apply
-from tests.fix_capture import entries
+from tests.fix_capture import Track, entries
 from tests.fix_db import APP_ROLE, scalar
 
 DATA = Path(__file__).parent / "data"
@@ -112,3 +115,79 @@ def test_readers_are_bound_by_login_after_the_upgrade(empty_db: str) -> None:
         }
     assert set(policies) == {"log_admin_read", "log_viewer_read", "log_capture_append"}
     assert "reader_tenants" in str(policies["log_viewer_read"]) and "current_user" not in str(policies)
+
+
+PLANTED_AS_OWNER = """
+create policy zz_all on auditdb.log for select to public using (true);
+grant select on auditdb.log to {app};
+create function auditdb.zz_forge(a text) returns void language sql security definer
+    as $$ insert into auditdb.log (action, entity_type) values (a, 'Forged') $$;
+grant execute on function auditdb.zz_forge(text) to {app};
+create function auditdb.zz_rewrite() returns trigger language plpgsql
+    as $$ begin return null; end $$;
+create trigger zz_rewrite before insert on auditdb.log_default for each row execute function auditdb.zz_rewrite();
+create rule zz_rule as on insert to auditdb.settings do instead nothing;
+alter table auditdb.log alter column db_user set default 'someone-else';
+grant execute on function auditdb.process_events(integer) to auditdb_writer;
+"""
+
+
+def test_what_code_running_as_auditdb_owner_planted_is_removed_by_the_upgrade(
+    empty_db: str, template_db: str, tmp_path: Path
+) -> None:
+    # Under release 0006 the application's cast ran as auditdb_owner: whatever it could do then.
+    install(empty_db, target="0006")
+    with psycopg.connect(empty_db, autocommit=True) as conn, conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(PLANTED_AS_OWNER.format(app=APP_ROLE))
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        removed = conn.execute(
+            "select entity_name, entity_id from auditdb.log where metadata->>'operation' = 'foreign_object_removed'"
+        ).fetchall()
+        kinds = sorted(k for k, _ in removed)
+        assert kinds == [
+            "column default",
+            "function",
+            "function",
+            "policy",
+            "privilege",
+            "privilege",
+            "rule",
+            "trigger",
+        ]
+        assert scalar(conn, "select count(*) from pg_policies where policyname = 'zz_all'") == 0
+        assert scalar(conn, "select to_regprocedure('auditdb.zz_forge(text)')") is None
+        assert not scalar(conn, f"select has_table_privilege('{APP_ROLE}', 'auditdb.log', 'select')")
+        assert not scalar(
+            conn, "select has_function_privilege('auditdb_writer', 'auditdb.process_events(integer)', 'execute')"
+        )
+        conn.execute("select auditdb.log_audit_change('X', 'x', 'x', null, '{}')")
+        assert scalar(conn, "select db_user from auditdb.log order by id desc limit 1") == conn.info.user
+    doctor = CliRunner().invoke(cli, ["--dsn", empty_db, "--config", "/nonexistent.toml", "doctor"])
+    [line] = [line for line in doctor.output.splitlines() if "schema integrity" in line]
+    assert line.startswith("ok")
+
+
+def test_doctor_fails_on_an_object_auditdb_did_not_make(conn: psycopg.Connection[Any], dsn: str) -> None:
+    conn.execute("create function auditdb.extra() returns int language sql as 'select 1'")
+    conn.execute(f"grant select on auditdb.event_queue to {APP_ROLE}")
+    doctor = CliRunner().invoke(cli, ["--dsn", dsn, "--config", "/nonexistent.toml", "doctor"])
+    assert doctor.exit_code == 1
+    [line] = [line for line in doctor.output.splitlines() if "schema integrity" in line]
+    assert line.startswith("fail") and "auditdb.extra()" in line and "event_queue" in line
+
+
+def test_install_gives_up_on_a_lock_an_application_holds(
+    conn: psycopg.Connection[Any], dsn: str, app_dsn: str, track: Track
+) -> None:
+    track("create table items (id int primary key)", '[tables."public.items"]\n')
+    conn.execute(f"grant all on items to {APP_ROLE}")
+    conn.execute("comment on schema auditdb is 'auditdb definitions of an older release'")
+    with psycopg.connect(app_dsn) as app:
+        app.execute("insert into items values (1)")  # holds the table until it ends
+        with pytest.raises(AuditDBError, match="gave up waiting for a lock"):
+            install(dsn, lock_timeout="500ms")
+        app.rollback()
+    install(dsn)
