@@ -37,21 +37,33 @@ def template_db(pg_server: Server) -> str:
                 end if;
             end $$""")
         conn.execute(f"grant create on schema public to {APP_ROLE}")
+    # No connections to the template from now on, autovacuum's included: CREATE DATABASE waits
+    # (100 ms at a time) while anything is connected to its template.
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("alter database {} allow_connections false").format(sql.Identifier(TEMPLATE)))
     return TEMPLATE
 
 
 @pytest.fixture
 def dbname(pg_server: Server, template_db: str) -> Iterator[str]:
-    """A fresh database for one test, with auditdb installed."""
+    """A fresh database for one test, with auditdb installed.
+
+    Copied file by file (PostgreSQL 15+): for a small template on a server without fsync that is
+    10 times faster than the default, WAL-logged copy, which made up half of the suite's time.
+    """
     name = f"t_{os.getpid()}_{next(_counter)}"
-    janitor = DatabaseJanitor(
-        user=pg_server.user, host=pg_server.host, port=pg_server.port, dbname=name, template_dbname=template_db
-    )
-    janitor.init()
+    strategy = sql.SQL(" strategy file_copy") if pg_server.major >= 15 else sql.SQL("")
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("create database {} template {}{}").format(
+                sql.Identifier(name), sql.Identifier(template_db), strategy
+            )
+        )
     try:
         yield name
     finally:
-        janitor.drop()
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
