@@ -12,23 +12,6 @@
 -- may only append.
 set local role auditdb_owner;
 
--- The roles the login is or belongs to, directly or through others, whatever their INHERIT and
--- SET options: every role whose rights or bindings it could act with.
-create or replace function auditdb.login_roles() returns oid[]
-language sql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-    with recursive member_of(roleid) as (
-        select r.oid from pg_roles r where r.rolname = session_user
-        union
-        select m.roleid from pg_auth_members m join member_of on m.member = member_of.roleid
-    )
-    select array_agg(roleid) from member_of
-$$;
-
-comment on function auditdb.login_roles() is 'auditdb: the login role and every role it belongs to';
-
 -- The tenants the login may read (see above); empty for an unbound admin, who sees all anyway.
 -- definer: reads auditdb's reader bindings for the session user only; takes no argument.
 create or replace function auditdb.reader_tenants() returns text[]

@@ -40,7 +40,7 @@ grant insert (action, entity_type, entity_id, entity_name, project_id, tenant_id
               ip, user_agent, table_name, changes, metadata) on auditdb.log to auditdb_capture;
 grant usage on sequence auditdb.log_id_seq to auditdb_capture;
 grant select on auditdb.tracked_tables to auditdb_capture;
-grant execute on function auditdb.context_ip(), auditdb.context_values(), auditdb.is_system_role(text[]),
+grant execute on function auditdb.context_ip(), auditdb.context_values(), auditdb.is_system_role(text[]), auditdb.login_roles(),
                           auditdb.type_kind(oid), auditdb.capture_text_sql(text, text, text),
                           auditdb.capture_value_sql(text, text, text, text), auditdb.capture_changed_sql(text, text),
                           auditdb.capture_object_sql(text[]), auditdb.capture_columns_unchanged(jsonb, jsonb, boolean)

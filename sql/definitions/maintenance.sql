@@ -103,9 +103,10 @@ $$;
 
 comment on function auditdb.redacted_query() is 'auditdb: the current statement with its literals, comments and numbers redacted';
 
--- Whether session_user is one of roles or a member of one of them. Membership is read from the
--- catalog, not pg_has_role, because being a superuser alone must not count.
-create or replace function auditdb.is_system_role(roles text[]) returns boolean
+-- The roles the login is or belongs to, directly or through others, whatever their INHERIT and
+-- SET options: every role whose rights or bindings it could act with. Read from the catalog, not
+-- pg_has_role, because being a superuser alone must not count.
+create or replace function auditdb.login_roles() returns oid[]
 language sql
 stable
 set search_path = pg_catalog, pg_temp
@@ -115,7 +116,18 @@ as $$
         union
         select m.roleid from pg_auth_members m join member_of on m.member = member_of.roleid
     )
-    select exists (select from member_of join pg_roles r on r.oid = member_of.roleid where r.rolname = any(roles))
+    select array_agg(roleid) from member_of
+$$;
+
+comment on function auditdb.login_roles() is 'auditdb: the login role and every role it belongs to';
+
+-- Whether session_user is one of roles or a member of one of them.
+create or replace function auditdb.is_system_role(roles text[]) returns boolean
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (select from pg_roles r where r.oid = any(auditdb.login_roles()) and r.rolname = any(roles))
 $$;
 
 comment on function auditdb.is_system_role(text[]) is 'auditdb: is the session user one of the system roles (require_actor exemption)';

@@ -317,6 +317,18 @@ begin
 end
 $$;
 
+-- Fail closed: a watcher that cannot record what a command does to auditing stops the command.
+create or replace function auditdb.watcher_failed(command text, reason text) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception 'auditdb: % refused: its effect on auditing could not be recorded (%)', command, reason
+        using errcode = 'external_routine_exception',
+              hint = 'Nothing was changed. Check `auditdb doctor`; report this if it persists.';
+end
+$$;
+
 -- A type a tracked column is made of, after DDL changed it (an enum's RENAME VALUE swaps what stored
 -- values mean; a composite's attributes change stored values).
 create or replace function auditdb.watch_type(typ oid, identity text, command text) returns void
@@ -449,9 +461,7 @@ begin
     exception when insufficient_privilege then
         raise;
     when others then
-        raise exception 'auditdb: % refused: its effect on auditing could not be recorded (%)', tg_tag, sqlerrm
-            using errcode = 'external_routine_exception',
-                  hint = 'Nothing was changed. Check `auditdb doctor`; report this if it persists.';
+        perform auditdb.watcher_failed(tg_tag, sqlerrm);
     end;
 end
 $$;
@@ -535,9 +545,7 @@ begin
     exception when insufficient_privilege then
         raise;
     when others then
-        raise exception 'auditdb: % refused: its effect on auditing could not be recorded (%)', tg_tag, sqlerrm
-            using errcode = 'external_routine_exception',
-                  hint = 'Nothing was changed. Check `auditdb doctor`; report this if it persists.';
+        perform auditdb.watcher_failed(tg_tag, sqlerrm);
     end;
 end
 $$;
@@ -568,9 +576,7 @@ begin
                                'reason', pg_event_trigger_table_rewrite_reason(),
                                'query', auditdb.redacted_query()));
     exception when others then
-        raise exception 'auditdb: % refused: its effect on auditing could not be recorded (%)', tg_tag, sqlerrm
-            using errcode = 'external_routine_exception',
-                  hint = 'Nothing was changed. Check `auditdb doctor`; report this if it persists.';
+        perform auditdb.watcher_failed(tg_tag, sqlerrm);
     end;
 end
 $$;
