@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from auditdb import export as export_module
 from auditdb.cli import cli
@@ -18,6 +20,7 @@ from auditdb.export import CSV_HEADER, export, neutralise
 from auditdb.install import install
 from auditdb.query import COLUMNS, Filters
 from tests.fix_capture import audit_entries
+from tests.fix_db import scalar
 from tests.fix_server import Server
 
 HOSTILE = ['=HYPERLINK("http://x")', "  +1", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "plain", "  spaced"]
@@ -354,3 +357,54 @@ def test_jsonl_in_a_database_that_is_not_utf8(pg_server: Server, dbname: str, tm
     finally:
         with psycopg.connect(pg_server.dsn(dbname), autocommit=True) as admin:
             admin.execute(f"drop database if exists {name}")
+
+
+FILTER_CASES = [
+    {},
+    {"actions": ["LOGIN"]},
+    {"actions": ["UPDATE", "LOGIN"]},
+    {"entity_types": ["User", "Project"]},
+    {"entity_id": "u1"},
+    {"user": "ANN@example.com"},
+    {"project": "p1"},
+    {"tenant": "t2"},
+    {"search": "50%_off"},
+    {"search": "ann"},
+    {"since": "2026-01-01T00:00:00+00:00"},
+    {"until": "2999-01-01T00:00:00+00:00", "tenant": "t0", "actions": ["LOGIN"]},
+]
+
+
+@pytest.mark.parametrize("filters", FILTER_CASES, ids=lambda f: ",".join(f) or "none")
+def test_the_server_counts_what_the_client_streams(conn: psycopg.Connection[Any], filters: dict[str, Any]) -> None:
+    # auditdb.log_export counts with auditdb.filter_sql; the CLI streams with query.where_clause:
+    # the same filters must select the same entries.
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            """insert into auditdb.log (action, entity_type, entity_id, entity_name, actor_id, actor_email, tenant_id,
+                                        project_id)
+               select (array['LOGIN', 'UPDATE', 'CREATE'])[g % 3 + 1],
+                      (array['User', 'Project', 'TestCase'])[g % 3 + 1],
+                      'u' || g % 4, (array['50%_off sale', 'Ann''s', 'plain'])[g % 3 + 1], 'a' || g % 5,
+                      (array['ann@example.com', 'bob@example.com'])[g % 2 + 1], 't' || g % 3, 'p' || g % 2
+                 from generate_series(1, 60) g"""
+        )
+    from auditdb.query import where_clause
+
+    parsed = Filters(
+        since=datetime.fromisoformat(filters["since"]) if "since" in filters else None,
+        until=datetime.fromisoformat(filters["until"]) if "until" in filters else None,
+        actions=tuple(filters.get("actions", ())),
+        entity_types=tuple(filters.get("entity_types", ())),
+        entity_id=filters.get("entity_id"),
+        user=filters.get("user"),
+        project=filters.get("project"),
+        tenant=filters.get("tenant"),
+        search=filters.get("search"),
+    )
+    assert parsed.describe() == filters
+    where, params = where_clause(parsed)
+    streamed = scalar(conn, sql.SQL("select count(*) from auditdb.log l where {}").format(where), params)
+    counted = scalar(conn, "select auditdb.log_export(%s, 'csv', 'tester', null)", (json.dumps(filters),))
+    assert counted == streamed and streamed > 0
