@@ -39,6 +39,7 @@ class Column:
     mask: str | None = None  # "full", "last4" or None
     ignored: bool = False
     base_type: str = ""  # format_type() of the scalar type under domains and arrays
+    collation: int = 0
 
     def _ref(self, row: str) -> sql.Composable:
         return sql.Identifier(row, self.name)
@@ -100,7 +101,7 @@ def read_columns(conn: psycopg.Connection[Any], oid: int) -> list[Column]:
         """select a.attname, a.attnum, a.atttypid::int8, a.atttypmod,
                   pg_catalog.format_type(a.atttypid, a.atttypmod), auditdb.type_kind(a.atttypid),
                   pg_catalog.format_type(auditdb.scalar_base_type(a.atttypid), null),
-                  auditdb.exact_equality(a.atttypid, a.attcollation)
+                  auditdb.exact_equality(a.atttypid, a.attcollation), a.attcollation::int8
              from pg_catalog.pg_attribute a
             -- A virtual generated column (PostgreSQL 18) cannot be read from a transition table; it
             -- is computed from the others, which are captured.
@@ -110,7 +111,7 @@ def read_columns(conn: psycopg.Connection[Any], oid: int) -> list[Column]:
     ).fetchall()
     probed: dict[str, bool] = {}
     columns = []
-    for name, attnum, type_oid, typmod, type_sql, kind, base, exact in rows:
+    for name, attnum, type_oid, typmod, type_sql, kind, base, exact, collation in rows:
         comparable = False
         if kind == BUILTIN and exact:
             if base not in probed:
@@ -126,6 +127,7 @@ def read_columns(conn: psycopg.Connection[Any], oid: int) -> list[Column]:
                 str(kind),
                 comparable,
                 base_type=str(base),
+                collation=int(collation),
             )
         )
     return columns

@@ -52,22 +52,26 @@ def connect(
 
 
 @contextmanager
-def pinned(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+def pinned(conn: psycopg.Connection[Any], *, lock_timeout: str | None = None) -> Iterator[psycopg.Connection[Any]]:
     """Run the block in a transaction (or savepoint) whose search_path is the safe one.
 
-    For library calls on a connection the caller opened: its own search_path is put back after.
+    For library calls on a connection the caller opened: its own settings are put back after.
+    lock_timeout bounds how long a read-only check waits behind someone else's lock.
     """
+    settings = {"search_path": SAFE_SEARCH_PATH, **({"lock_timeout": lock_timeout} if lock_timeout else {})}
     with conn.transaction():
-        row = conn.execute(
-            "select pg_catalog.current_setting('search_path'), pg_catalog.set_config('search_path', %s, true)",
-            (SAFE_SEARCH_PATH,),
-        ).fetchone()
-        previous = str(row[0]) if row else SAFE_SEARCH_PATH
+        previous = {}
+        for name, value in settings.items():
+            row = conn.execute(
+                "select pg_catalog.current_setting(%s), pg_catalog.set_config(%s, %s, true)", (name, name, value)
+            ).fetchone()
+            previous[name] = str(row[0]) if row else value
         try:
             yield conn
         finally:
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-                conn.execute("select pg_catalog.set_config('search_path', %s, true)", (previous,))
+                for name, value in previous.items():
+                    conn.execute("select pg_catalog.set_config(%s, %s, true)", (name, value))
 
 
 def _describe_target(conninfo: str) -> str:
@@ -92,7 +96,7 @@ def _first_line(text: str) -> str:
 
 def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     """Return the installed schema version, or raise NotInstalledError."""
-    from auditdb.install import HEAD_REVISION, definitions_marker
+    from auditdb.install import HEAD_REVISION, definitions_marker, installed_marker
 
     # Existence through the catalog: to_regclass() needs USAGE on the schema.
     row = conn.execute(
@@ -119,8 +123,7 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
             f"auditdb schema in database {dbname} is at version {version or 'none'}, "
             f"this auditdb needs {HEAD_REVISION}: run `auditdb install`"
         )
-    marker = conn.execute("select pg_catalog.obj_description('auditdb'::regnamespace, 'pg_namespace')").fetchone()
-    if not marker or marker[0] != definitions_marker():
+    if installed_marker(conn) != definitions_marker():
         raise NotInstalledError(
             f"auditdb's functions in database {dbname} are another release's: run `auditdb install`"
         )

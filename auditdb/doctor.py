@@ -11,7 +11,7 @@ import psycopg
 from auditdb.config import Config
 from auditdb.db import pinned
 from auditdb.errors import AuditDBError
-from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_version
+from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_marker, installed_version
 from auditdb.triggers import State, event_trigger_status, status
 
 __all__ = ["Check", "run_checks"]
@@ -20,6 +20,7 @@ MIN_SERVER = 140000
 HEARTBEAT_STALE = timedelta(minutes=2)
 QUEUE_WARN = timedelta(minutes=1)
 QUEUE_FAIL = timedelta(minutes=15)
+CHECK_LOCK_TIMEOUT = "5s"
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,9 @@ def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
 
 def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]:
     """Every check, in the order a person would look; stops early only when nothing else can run."""
-    with pinned(conn):
+    # A check never waits long behind someone else's lock (an application holding one of its
+    # partitions, say): it fails with one line instead.
+    with pinned(conn, lock_timeout=CHECK_LOCK_TIMEOUT):
         return _checks(conn, config)
 
 
@@ -56,7 +59,7 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
     if schema is None:
         checks.append(Check("schema", "fail", "auditdb is not installed: run `auditdb install`"))
         return checks
-    marker = _one(conn, "select obj_description('auditdb'::regnamespace, 'pg_namespace')")
+    marker = installed_marker(conn)
     current = schema == HEAD_REVISION and marker == definitions_marker()
     checks.append(
         Check(
@@ -72,7 +75,7 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
             ),
         )
     )
-    if schema != HEAD_REVISION:
+    if not current:
         return checks
 
     foreign = foreign_objects(conn)
@@ -81,7 +84,7 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
             "schema integrity",
             "fail" if foreign else "ok",
             (
-                "; ".join(f"{kind} {identity}" for kind, identity, _ in foreign[:5])
+                "; ".join(f"{f.kind} {f.identity}" for f in foreign[:5])
                 + (f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else "")
                 + ": not auditdb's own; `auditdb install` removes them (superuser)"
             )

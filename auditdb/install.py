@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from auditdb import integrity
 from auditdb.db import connect, describe_error, pinned, resolve_dsn
 from auditdb.errors import AuditDBError
+from auditdb.integrity import Foreign
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -88,36 +90,44 @@ def definition_function_names() -> list[str]:
     return sorted(set(re.findall(r"create or replace function auditdb\.(\w+)\s*\(", definitions_sql())))
 
 
-def foreign_objects(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
-    """What is in or on schema auditdb that auditdb did not make: (kind, identity, how to remove it)."""
-    rows = conn.execute(
-        "select kind, identity, remedy from auditdb.foreign_objects(%s)", (definition_function_names(),)
-    ).fetchall()
-    # Removed in this order: what uses a function (a trigger, a policy) goes before the function.
-    order = ["privilege", "policy", "rule", "trigger", "column default", "table owner", "function owner", "function"]
-    found = [(str(k), str(i), str(r)) for k, i, r in rows]
-    return sorted(found, key=lambda f: (order.index(f[0]) if f[0] in order else len(order), f[1]))
+def foreign_objects(conn: psycopg.Connection[Any], *, fresh: list[int] | None = None) -> list[Foreign]:
+    """What is in or on schema auditdb that auditdb did not make (auditdb/integrity.py)."""
+    return integrity.foreign_objects(conn, definition_function_names(), fresh=fresh)
 
 
 @functools.cache
 def definitions_marker() -> str:
-    """The comment on schema auditdb that says which definitions it holds."""
+    """What the comment of auditdb.alembic_version says once the current definitions are applied.
+
+    The version table is the installing superuser's, and only its owner may comment on it:
+    auditdb_owner (which application code could act as before release 0007) owns the schema and
+    could have forged a comment there, or dropped the table and made its own, which the owner shows.
+    """
     digest = hashlib.sha256(definitions_sql().encode("utf-8")).hexdigest()[:16]
     return f"auditdb definitions {digest}"
 
 
-def finish_upgrade(conn: psycopg.Connection[Any]) -> bool:
-    """After the revisions: apply the current definitions unless the database has them already.
+MARKER_SQL = """select pg_catalog.obj_description(c.oid, 'pg_class')
+                  from pg_catalog.pg_class c join pg_catalog.pg_roles r on r.oid = c.relowner
+                 where c.oid = pg_catalog.to_regclass('auditdb.alembic_version') and r.rolsuper"""
+
+
+def installed_marker(conn: psycopg.Connection[Any]) -> str | None:
+    """The definitions the database holds (definitions_marker() when they are this release's)."""
+    row = conn.execute(MARKER_SQL).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False) -> bool:
+    """After the revisions: apply the current definitions when revisions ran or the database holds others.
 
     Only at the head revision (an install stopped at an older one keeps that one's definitions).
     Returns whether anything ran.
     """
-    version = installed_version(conn)
-    if version != HEAD_REVISION:
+    if installed_version(conn) != HEAD_REVISION:
         return False
-    row = conn.execute("select pg_catalog.obj_description('auditdb'::regnamespace, 'pg_namespace')").fetchone()
     marker = definitions_marker()
-    if row and row[0] == marker:
+    if not migrated and installed_marker(conn) == marker:
         return False
     # No statement still running the old capture code may finish after this commits: wait for
     # every transaction writing a tracked table, and hold new ones until then.
@@ -125,27 +135,65 @@ def finish_upgrade(conn: psycopg.Connection[Any]) -> bool:
         conn.execute(sql.SQL("lock table {} in share mode").format(sql.SQL(str(relid))))
     # auditdb's own DDL: the watchers leave it alone (they are among what is being redefined).
     conn.execute("select auditdb.begin_maintenance()")
+    # What application code running as auditdb_owner (before release 0007) could have attached to
+    # auditdb's tables goes before anything runs on them as a superuser; its functions, once the
+    # definitions have rewritten auditdb's own, after.
+    _remove(conn, [f for f in foreign_objects(conn) if f.kind not in ("function", "function owner")])
+    held = integrity.held_privileges(conn)
     conn.execute(definitions_sql().encode("utf-8"))
-    from auditdb.upgrade import upgrade_configs
-
-    upgrade_configs(conn)
-    # Anything a role running as auditdb_owner could have left behind (before this release,
-    # application code could run as it) goes, each removal logged.
-    for kind, identity, remedy in foreign_objects(conn):
-        conn.execute(sql.SQL(remedy))
+    fresh = [
+        int(r[0])
+        for r in conn.execute(
+            """select p.oid::int8 from pg_catalog.pg_proc p
+                where p.pronamespace = 'auditdb'::regnamespace
+                  and p.xmin::text::bigint = pg_catalog.txid_current() % 4294967296"""
+        ).fetchall()
+    ]
+    _remove(conn, foreign_objects(conn, fresh=fresh))
+    # auditdb's roles hold exactly what sql/definitions/grants.sql gives them: a privilege one held
+    # before and not now was granted by someone else (or by an older release), and is logged.
+    for obj, grantee, privilege in sorted(held - integrity.held_privileges(conn)):
         conn.execute(
-            "select auditdb.log_audit_change('AuditSchema', %s, %s, null, %s)",
+            "select auditdb.log_audit_change('AuditSchema', %s, 'privilege', null, %s)",
             (
-                identity,
-                kind,
+                f"{grantee} {privilege} on {obj}",
                 psycopg.types.json.Jsonb(
-                    {"operation": "foreign_object_removed", "kind": kind, "object": identity, "statement": remedy}
+                    {"operation": "privilege_revoked", "grantee": grantee, "privilege": privilege, "object": obj}
                 ),
             ),
         )
-    conn.execute(sql.SQL("comment on schema auditdb is {}").format(sql.Literal(marker)))
+    from auditdb.upgrade import upgrade_configs
+
+    # As auditdb_owner, which owns the registry: nothing there runs as a superuser.
+    conn.execute("set local role auditdb_owner")
+    upgrade_configs(conn)
+    conn.execute("reset role")
+    conn.execute(sql.SQL("comment on table auditdb.alembic_version is {}").format(sql.Literal(marker)))
     conn.execute("select auditdb.end_maintenance()")
     return True
+
+
+def _remove(conn: psycopg.Connection[Any], found: list[Foreign]) -> None:
+    """Remove each foreign object, logged (one that needs a person is logged and left)."""
+    for f in found:
+        removed = not f.remedy.startswith("--")
+        if removed:
+            conn.execute(sql.SQL(f.remedy))
+        conn.execute(
+            "select auditdb.log_audit_change('AuditSchema', %s, %s, null, %s)",
+            (
+                f.identity,
+                f.kind,
+                psycopg.types.json.Jsonb(
+                    {
+                        "operation": "foreign_object_removed" if removed else "foreign_object_found",
+                        "kind": f.kind,
+                        "object": f.identity,
+                        "statement": f.remedy,
+                    }
+                ),
+            ),
+        )
 
 
 def run_revision_sql(revision: str, concerns: list[str]) -> None:

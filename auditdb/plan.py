@@ -189,7 +189,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
 
     def uses(expression: Expression | None, extra: tuple[str, ...] = ()) -> list[list[Any]]:
         used = sorted({c for _, c in expression.columns} if expression else set()) + list(extra)
-        return [[by_name[c].attnum, c, by_name[c].type_oid] for c in used]
+        return [[by_name[c].attnum, c, by_name[c].type_oid, by_name[c].collation] for c in used]
 
     soft_sql = None
     if soft_delete:
@@ -274,7 +274,8 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         # how to treat columns added later.
         "format": CONFIG_FORMAT,
         "entity_type": cfg.entity_type,
-        "columns": [[c.name, c.type_oid, c.typmod] for c in columns],
+        # What the DDL watchers compare the table with (a changed collation changes what equals).
+        "columns": [[c.name, c.type_oid, c.typmod, c.collation] for c in columns],
         "key": [[by_name[k].attnum, k] for k in key],
         "masked_full_attnums": [c.attnum for c in columns if c.mask == "full"],
         "masked_last4_attnums": [c.attnum for c in columns if c.mask == "last4"],

@@ -175,7 +175,7 @@ def status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableSt
     Event triggers that are missing or not ALWAYS come first: they keep capture complete. A
     configured table that is gone or renamed is reported as such; the others are still checked.
     """
-    with pinned(conn):
+    with pinned(conn, lock_timeout="5s"):
         return _status(conn, config)
 
 

@@ -48,7 +48,7 @@ def _format_3(conn: psycopg.Connection[Any], relid: int, old: dict[str, Any]) ->
         return None if col.kind == BUILTIN else col.seen_by_expressions(alias)
 
     def uses(names: set[str]) -> list[list[Any]]:
-        return [[columns[c].attnum, c, columns[c].type_oid] for c in sorted(names)]
+        return [[columns[c].attnum, c, columns[c].type_oid, columns[c].collation] for c in sorted(names)]
 
     def redo(text: str | None) -> tuple[str | None, set[str]] | None:
         """The stored expression rendered anew, or None when a column it reads is gone."""
@@ -74,7 +74,7 @@ def _format_3(conn: psycopg.Connection[Any], relid: int, old: dict[str, Any]) ->
         upgrade_skipped=skipped,
         format=CONFIG_FORMAT,
         entity_type=old.get("entity_type"),
-        columns=[[c.name, c.type_oid, c.typmod] for c in columns.values()],
+        columns=[[c.name, c.type_oid, c.typmod, c.collation] for c in columns.values()],
         key=[[columns[k].attnum, k] for k in old.get("id", []) if k in columns],
         project=column_ref(old.get("project")),
         tenant=column_ref(old.get("tenant")),

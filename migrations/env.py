@@ -15,6 +15,7 @@ from auditdb.install import (
     definitions_marker,
     definitions_sql,
     finish_upgrade,
+    installed_version,
 )
 
 config = context.config
@@ -35,7 +36,7 @@ def run_offline() -> None:
         # The current definitions follow the last revision (auditdb.install.finish_upgrade).
         context.execute("select auditdb.begin_maintenance()")
         context.execute(definitions_sql())
-        context.execute(f"comment on schema auditdb is '{definitions_marker()}'")
+        context.execute(f"comment on event trigger auditdb_ddl_command_end is '{definitions_marker()}'")
         context.execute("select auditdb.end_maintenance()")
 
 
@@ -56,10 +57,12 @@ def run_online() -> None:
         connection.exec_driver_sql("select pg_catalog.set_config('lock_timeout', %(t)s, true)", {"t": timeout})
         connection.exec_driver_sql(INSTALL_LOCK_SQL)
         connection.exec_driver_sql(SCHEMA_SQL)
-        context.run_migrations()
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
-        finish_upgrade(driver)
+        before = installed_version(driver)
+        context.run_migrations()
+        # Revisions ran: the definitions run too, whatever the database says it holds.
+        finish_upgrade(driver, migrated=installed_version(driver) != before)
 
 
 if context.is_offline_mode():

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
-from auditdb.install import HEAD_REVISION, alembic_head, definitions_marker, install
+from auditdb.install import HEAD_REVISION, alembic_head, definitions_marker, install, installed_marker
 from tests.fix_db import scalar
 
 LOG_COLUMNS = {
@@ -119,8 +119,7 @@ def test_install_upgrades_an_older_schema(empty_db: str) -> None:
     assert f"upgraded auditdb from schema version 0001 to {HEAD_REVISION}" in result.output
     with psycopg.connect(empty_db) as conn:
         assert scalar(conn, "select version_num from auditdb.alembic_version") == HEAD_REVISION
-        marker = scalar(conn, "select obj_description('auditdb'::regnamespace, 'pg_namespace')")
-        assert marker == definitions_marker()
+        assert installed_marker(conn) == definitions_marker()
 
 
 def test_install_keeps_existing_roles(empty_db: str, conn: psycopg.Connection[Any]) -> None:
@@ -213,11 +212,11 @@ def test_the_definitions_apply_again_over_themselves(empty_db: str) -> None:
     # What every later upgrade does: re-apply the current definitions over an installed database.
     install(empty_db)
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute("comment on schema auditdb is 'auditdb definitions of an older release'")
+        conn.execute("comment on table auditdb.alembic_version is 'auditdb definitions of an older release'")
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
     assert result.exit_code == 0, result.output
     with psycopg.connect(empty_db) as conn:
-        assert scalar(conn, "select obj_description('auditdb'::regnamespace, 'pg_namespace')") == definitions_marker()
+        assert installed_marker(conn) == definitions_marker()
         owner = scalar(
             conn, "select proowner::regrole::text from pg_proc where oid = 'auditdb.capture_generic'::regproc"
         )

@@ -32,23 +32,6 @@ $$;
 
 comment on function auditdb.reader_tenants() is 'auditdb: tenants the login may read (row-level security)';
 
--- Whether the login is an admin of this database's log: a superuser, or a member of auditdb_admin
--- through a role granted here (`auditdb grant ROLE --admin`, auditdb.admin_roles): auditdb_admin is
--- cluster-wide, and an admin of another database's log is not one of this one's.
--- definer: reads auditdb's admin registry for the session user only; takes no argument.
-create or replace function auditdb.is_admin_here() returns boolean
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-    select coalesce((select r.rolsuper from pg_roles r where r.rolname = session_user), false)
-        or ('auditdb_admin'::regrole::oid = any(auditdb.login_roles())
-            and exists (select from auditdb.admin_roles a where a.roleid = any(auditdb.login_roles())))
-$$;
-
-comment on function auditdb.is_admin_here() is 'auditdb: is the login an admin of this database''s log';
-
 -- Whether the login reads every tenant: an admin here that is bound to no tenant.
 -- definer: reads auditdb's reader bindings for the session user only; takes no argument.
 create or replace function auditdb.reader_sees_all() returns boolean

@@ -73,8 +73,8 @@ as $$
              group by g) c
 $$;
 
--- Whether every column an expression was written for (uses: [[attnum, name, type oid], …]) is
--- still there under the same name and type, and (unless masked_ok: a rule may test a masked
+-- Whether every column an expression was written for (uses: [[attnum, name, type oid, collation oid], …]) is
+-- still there under the same name, type and collation, and (unless masked_ok: a rule may test a masked
 -- column, an entity name may not show one) not masked.
 create or replace function auditdb.capture_columns_unchanged(uses jsonb, current_columns jsonb, masked_ok boolean)
 returns boolean
@@ -88,6 +88,7 @@ as $$
             where current_columns->(u->>0) is null
                or current_columns->(u->>0)->>'name' is distinct from u->>1
                or (current_columns->(u->>0)->>'type')::oid is distinct from (u->>2)::oid
+               or (u->3 is not null and (current_columns->(u->>0)->>'collation')::oid is distinct from (u->>3)::oid)
                or (not masked_ok and (current_columns->(u->>0)->>'masked')::boolean))
 $$;
 
@@ -198,7 +199,7 @@ begin
 
     -- Every current column: how it is shown (masked by number, or by the globs on its name now).
     for col in
-        select a.attnum, a.attname::text as name, a.atttypid, auditdb.type_kind(a.atttypid) as kind,
+        select a.attnum, a.attname::text as name, a.atttypid, a.attcollation, auditdb.type_kind(a.atttypid) as kind,
                case when a.attnum = any(array(select jsonb_array_elements_text(cfg->'masked_full_attnums'))::int2[])
                       or a.attname ~ any(array(select jsonb_array_elements_text(cfg->'mask_regex'))) then 'full'
                     when a.attnum = any(array(select jsonb_array_elements_text(cfg->'masked_last4_attnums'))::int2[])
@@ -216,7 +217,8 @@ begin
     loop
         row_columns := row_columns || format('t.%I', col.name);
         current_columns := current_columns || jsonb_build_object(col.attnum::text,
-            jsonb_build_object('name', col.name, 'type', col.atttypid, 'kind', col.kind, 'masked', col.mask is not null));
+            jsonb_build_object('name', col.name, 'type', col.atttypid, 'collation', col.attcollation, 'kind', col.kind,
+                               'masked', col.mask is not null));
         new_pairs := new_pairs || format('%L, pg_catalog.jsonb_build_object(%L, %s)', col.name, 'new',
                                          auditdb.capture_value_sql('n', col.name, col.kind, col.mask));
         old_pairs := old_pairs || format('%L, pg_catalog.jsonb_build_object(%L, %s)', col.name, 'old',
@@ -279,7 +281,7 @@ begin
     end if;
 
     -- Expressions run only while every column they were written for is still there, under the
-    -- same name and type (by number): never against a column that took another's name.
+    -- same name, type and collation (by number): never against a column that took another's name.
     if jsonb_typeof(cfg->'name') = 'object' then
         if auditdb.capture_columns_unchanged(cfg->'name'->'uses', current_columns, false) then
             name_n := cfg->'name'->>'n';

@@ -86,6 +86,11 @@ begin
                   detail = 'Table changes are captured by the audit triggers; AUDIT_CHANGED records changes to auditing.',
                   hint = 'Emit an action of your own (e.g. DATA_IMPORTED) for events no table change shows.';
     end if;
+    if entity_type !~ '^[A-Za-z][A-Za-z0-9_.:-]*$' then
+        raise exception 'auditdb.emit: entity type % is not a name (ASCII letters, digits, _ . : -, starting with a letter)',
+                        quote_literal(left(entity_type, 64))
+            using errcode = 'invalid_parameter_value';
+    end if;
     if entity_type ~ '^Audit' then
         raise exception 'auditdb.emit: entity type % is auditdb''s own', quote_literal(left(entity_type, 64))
             using errcode = 'invalid_parameter_value',
@@ -162,6 +167,7 @@ as $$
 declare
     ev record;
 begin
+    perform auditdb.require_admin_here('auditdb.process_events');
     begin
         with ids as materialized (
             select e.id from auditdb.event_queue e order by e.id limit batch_size for update skip locked
@@ -212,17 +218,22 @@ comment on function auditdb.process_events(integer) is 'auditdb: log a batch of 
 -- A worker's heartbeat, with the backend it runs in, so doctor can tell whether it still runs.
 -- definer: writes only the caller's own row of auditdb.worker_heartbeat (its backend pid and start).
 create or replace function auditdb.worker_beat(worker text, started_at timestamptz, processed bigint) returns void
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+#variable_conflict use_column
+begin
+    perform auditdb.require_admin_here('auditdb.worker_beat');
     insert into auditdb.worker_heartbeat as h (worker, started_at, last_seen, processed, backend_pid, backend_start)
-    select left(worker, 256), started_at, clock_timestamp(), processed, pg_backend_pid(), a.backend_start
+    select left(worker_beat.worker, 256), worker_beat.started_at, clock_timestamp(), worker_beat.processed,
+           pg_backend_pid(), a.backend_start
       from pg_stat_activity a where a.pid = pg_backend_pid()
-    on conflict (worker) do update
+    on conflict on constraint worker_heartbeat_pkey do update
        set started_at = excluded.started_at, last_seen = excluded.last_seen, processed = excluded.processed,
            backend_pid = excluded.backend_pid, backend_start = excluded.backend_start;
-    delete from auditdb.worker_heartbeat where last_seen < now() - interval '7 days';
+    delete from auditdb.worker_heartbeat h where h.last_seen < now() - interval '7 days';
+end
 $$;
 
 comment on function auditdb.worker_beat(text, timestamptz, bigint) is 'auditdb: a worker is alive (and in which backend)';
@@ -231,17 +242,21 @@ comment on function auditdb.worker_beat(text, timestamptz, bigint) is 'auditdb: 
 -- definer: reads auditdb.worker_heartbeat and pg_stat_activity; takes no argument.
 create or replace function auditdb.live_workers()
 returns table (worker text, last_seen timestamptz, backend_alive boolean)
-language sql
+language plpgsql
 stable
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+begin
+    perform auditdb.require_admin_here('auditdb.live_workers');
+    return query
     select h.worker, h.last_seen,
            exists (select from pg_stat_activity a
                     where a.pid = h.backend_pid and a.datname = current_database()
                       and (a.backend_start = h.backend_start or a.backend_start is null))
       from auditdb.worker_heartbeat h
-     order by h.last_seen desc
+     order by h.last_seen desc;
+end
 $$;
 
 comment on function auditdb.live_workers() is 'auditdb: heartbeats, each with whether its backend still runs';

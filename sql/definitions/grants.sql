@@ -5,7 +5,7 @@
 -- occurred_at, txid and db_user itself. auditdb_admin reads the log (viewers under row-level
 -- security, sql/definitions/access.sql); auditdb_writer sets the context and emits.
 -- Everything auditdb's roles hold here is what follows, and nothing else (whatever a role that
--- once ran as auditdb_owner granted; other grantees are removed by auditdb.foreign_objects).
+-- once ran as auditdb_owner granted; other grantees are removed by auditdb/integrity.py, and what these lose is logged).
 revoke all on all functions in schema auditdb from public;
 do $$
 declare
@@ -54,8 +54,7 @@ grant execute on function auditdb.reader_tenants(), auditdb.reader_sees_all(),
                           auditdb.log_export(jsonb, text, text, text, boolean, bigint),
                           auditdb.filter_sql(jsonb)
     to auditdb_admin, auditdb_viewer;
-grant execute on function auditdb.type_kind(oid), auditdb.scalar_base_type(oid), auditdb.exact_equality(oid, oid),
-                          auditdb.foreign_objects(text[])
+grant execute on function auditdb.type_kind(oid), auditdb.scalar_base_type(oid), auditdb.exact_equality(oid, oid)
     to auditdb_admin;
 grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(), auditdb.month_start(integer),
                           auditdb.record_archive(text, bigint, text, text),

@@ -60,49 +60,6 @@ $$;
 
 comment on function auditdb.log_audit_change(text, text, text, text, jsonb) is 'auditdb: write one AUDIT_CHANGED entry';
 
--- The statement being run, as the watchers record it: every literal, dollar-quoted string, comment
--- and number replaced (a migration that inserts a secret and alters a table in one query string
--- must not put the secret in the log), cut to 4,096 characters.
-create or replace function auditdb.redacted_query() returns text
-language plpgsql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-    result text := '';
-    rest text := coalesce(current_query(), '');
-    found text[];
-    tag text;
-    opened integer;
-    closed integer;
-begin
-    -- Dollar-quoted strings first: they may hold anything, quotes and comments included.
-    loop
-        found := regexp_match(rest, '\$([A-Za-z_][A-Za-z0-9_]*)?\$');
-        exit when found is null;
-        tag := '$' || coalesce(found[1], '') || '$';
-        opened := strpos(rest, tag);
-        closed := strpos(substr(rest, opened + length(tag)), tag);
-        if closed = 0 then
-            result := result || left(rest, opened - 1) || tag || '…';
-            rest := '';
-            exit;
-        end if;
-        result := result || left(rest, opened - 1) || tag || '…' || tag;
-        rest := substr(rest, opened + length(tag) + closed - 1 + length(tag));
-    end loop;
-    result := result || rest;
-    result := regexp_replace(result, '[EeUu]&?''(?:[^''\\]|\\.|'''')*(''|$)', '''…''', 'g');
-    result := regexp_replace(result, '''(?:[^'']|'''')*(''|$)', '''…''', 'g');
-    result := regexp_replace(result, '--[^\n]*', '--…', 'g');
-    result := regexp_replace(result, '/\*([^*]|\*+[^*/])*(\*+/|$)', '/*…*/', 'g');
-    result := regexp_replace(result, '(^|[^A-Za-z0-9_$.])[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?', '\1?', 'g');
-    return left(result, 4096);
-end
-$$;
-
-comment on function auditdb.redacted_query() is 'auditdb: the current statement with its literals, comments and numbers redacted';
-
 -- The roles the login is or belongs to, directly or through others, whatever their INHERIT and
 -- SET options: every role whose rights or bindings it could act with. Read from the catalog, not
 -- pg_has_role, because being a superuser alone must not count.
@@ -120,6 +77,38 @@ as $$
 $$;
 
 comment on function auditdb.login_roles() is 'auditdb: the login role and every role it belongs to';
+
+-- Whether the login is an admin of this database's log: a superuser, or a member of auditdb_admin
+-- through a role granted here (`auditdb grant ROLE --admin`, auditdb.admin_roles): auditdb_admin is
+-- cluster-wide, and an admin of another database's log is not one of this one's.
+-- definer: reads auditdb's admin registry for the session user only; takes no argument.
+create or replace function auditdb.is_admin_here() returns boolean
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce((select r.rolsuper from pg_roles r where r.rolname = session_user), false)
+        or ('auditdb_admin'::regrole::oid = any(auditdb.login_roles())
+            and exists (select from auditdb.admin_roles a where a.roleid = any(auditdb.login_roles())))
+$$;
+
+comment on function auditdb.is_admin_here() is 'auditdb: is the login an admin of this database''s log';
+
+-- Refuse the caller unless it is an admin of this database's log (what: the operation, for the message).
+create or replace function auditdb.require_admin_here(what text) returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not auditdb.is_admin_here() then
+        raise exception '% is for admins of this database''s log', what
+            using errcode = 'insufficient_privilege',
+                  hint = 'auditdb_admin is cluster-wide; an admin of this database is granted with `auditdb grant ROLE --admin` here.';
+    end if;
+end
+$$;
 
 -- Whether session_user is one of roles or a member of one of them.
 create or replace function auditdb.is_system_role(roles text[]) returns boolean
@@ -216,94 +205,5 @@ $$;
 
 comment on function auditdb.exact_equality(oid, oid) is 'auditdb: are equal values of this type and collation identical';
 
--- What is in or on schema auditdb that auditdb did not make: a role that ran as auditdb_owner
--- (the hole release 0007 closed: application casts ran inside capture) could have left functions,
--- policies, triggers, rules, changed column defaults or owners, or granted itself privileges.
--- known: the names of the functions sql/definitions/ defines. Each row says how to remove it;
--- `auditdb install` does so (and logs each), `auditdb doctor` fails while any is there.
-create or replace function auditdb.foreign_objects(known text[])
-returns table (kind text, identity text, remedy text)
-language sql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-    -- Functions: only auditdb's own, each once, and the generated capture functions.
-    select 'function', p.oid::regprocedure::text, format('drop function %s', p.oid::regprocedure)
-      from pg_proc p
-     where p.pronamespace = 'auditdb'::regnamespace
-       and not (p.proname = any(known))
-       and not (p.proname like 'auditdb\_capture\_%' and p.pronargs = 0 and p.prorettype = 'trigger'::regtype
-                and p.proowner = 'auditdb_capture'::regrole)
-    union all
-    select 'function owner', p.oid::regprocedure::text,
-           format('alter function %s owner to auditdb_owner', p.oid::regprocedure)
-      from pg_proc p join pg_roles r on r.oid = p.proowner
-     where p.pronamespace = 'auditdb'::regnamespace and p.proname = any(known)
-       and r.rolname not in ('auditdb_owner', 'auditdb_capture') and not r.rolsuper
-    union all
-    -- Relations: owned by auditdb_owner; only auditdb's policies; no rules; triggers only the guards.
-    select 'table owner', c.oid::regclass::text, format('alter table %s owner to auditdb_owner', c.oid::regclass)
-      from pg_class c
-     where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'f')
-       and c.relowner <> 'auditdb_owner'::regrole
-       and not (c.oid = 'auditdb.alembic_version'::regclass
-                and (select r.rolsuper from pg_roles r where r.oid = c.relowner))
-    union all
-    select 'policy', format('%s on %s', quote_ident(pol.polname), pol.polrelid::regclass),
-           format('drop policy %I on %s', pol.polname, pol.polrelid::regclass)
-      from pg_policy pol join pg_class c on c.oid = pol.polrelid
-     where c.relnamespace = 'auditdb'::regnamespace
-       and not (pol.polname in ('log_admin_read', 'log_viewer_read')
-                and (c.oid = 'auditdb.log'::regclass or c.relispartition))
-       and not (pol.polname = 'log_capture_append' and c.oid = 'auditdb.log'::regclass)
-       and not (pol.polname = 'capture_read' and c.oid = 'auditdb.tracked_tables'::regclass)
-       and not (pol.polname = 'admin_read' and c.relname in ('tracked_tables', 'event_queue', 'event_dead_letter',
-                'worker_heartbeat', 'tenant_roles', 'tenant_from_context_roles', 'admin_roles', 'partition_archive'))
-    union all
-    select 'rule', format('%s on %s', quote_ident(rw.rulename), rw.ev_class::regclass),
-           format('drop rule %I on %s', rw.rulename, rw.ev_class::regclass)
-      from pg_rewrite rw join pg_class c on c.oid = rw.ev_class
-     where c.relnamespace = 'auditdb'::regnamespace and rw.rulename <> '_RETURN'
-    union all
-    select 'trigger', format('%s on %s', quote_ident(t.tgname), t.tgrelid::regclass),
-           format('drop trigger %I on %s', t.tgname, t.tgrelid::regclass)
-      from pg_trigger t join pg_class c on c.oid = t.tgrelid
-     where c.relnamespace = 'auditdb'::regnamespace and not t.tgisinternal
-       and not (t.tgname = 'log_append_only' and t.tgfoid = 'auditdb.refuse_log_change()'::regprocedure)
-    union all
-    -- The values an entry's author never chooses are the log's own.
-    select 'column default', format('auditdb.log.%I', d.col),
-           format('alter table auditdb.log alter column %I set default %s', d.col, d.expected)
-      from (values ('id', 'nextval(''auditdb.log_id_seq''::regclass)'), ('occurred_at', 'clock_timestamp()'),
-                   ('txid', 'txid_current()'), ('db_user', 'SESSION_USER'), ('metadata', '''{}''::jsonb')) d(col, expected)
-      left join pg_attribute a on a.attrelid = 'auditdb.log'::regclass and a.attname = d.col
-      left join pg_attrdef ad on ad.adrelid = a.attrelid and ad.adnum = a.attnum
-     where pg_get_expr(ad.adbin, ad.adrelid) is distinct from d.expected
-    union all
-    -- Privileges: only auditdb's roles hold any (grants.sql says which).
-    select 'privilege', format('%s on %s', coalesce(a.grantee::regrole::text, 'public'), c.oid::regclass),
-           format('revoke all on %s %s from %s cascade', case c.relkind when 'S' then 'sequence' else 'table' end,
-                  c.oid::regclass, case when a.grantee = 0 then 'public' else a.grantee::regrole::text end)
-      from pg_class c cross join lateral aclexplode(c.relacl) a
-     where c.relnamespace = 'auditdb'::regnamespace and a.grantee <> c.relowner
-       and (a.grantee = 0 or a.grantee::regrole::text not in ('auditdb_capture', 'auditdb_admin', 'auditdb_viewer', 'auditdb_writer'))
-    union all
-    select 'privilege', format('%s on function %s', coalesce(a.grantee::regrole::text, 'public'), p.oid::regprocedure),
-           format('revoke all on function %s from %s cascade', p.oid::regprocedure,
-                  case when a.grantee = 0 then 'public' else a.grantee::regrole::text end)
-      from pg_proc p cross join lateral aclexplode(p.proacl) a
-     where p.pronamespace = 'auditdb'::regnamespace and a.grantee <> p.proowner
-       and (a.grantee = 0 or a.grantee::regrole::text not in ('auditdb_capture', 'auditdb_admin', 'auditdb_viewer', 'auditdb_writer'))
-    union all
-    select 'privilege', format('%s on schema auditdb', coalesce(a.grantee::regrole::text, 'public')),
-           format('revoke all on schema auditdb from %s cascade',
-                  case when a.grantee = 0 then 'public' else a.grantee::regrole::text end)
-      from pg_namespace n cross join lateral aclexplode(n.nspacl) a
-     where n.nspname = 'auditdb' and a.grantee <> n.nspowner
-       and (a.grantee = 0 or a.grantee::regrole::text not in ('auditdb_capture', 'auditdb_admin', 'auditdb_viewer', 'auditdb_writer')
-            or a.privilege_type <> 'USAGE')
-$$;
-
-comment on function auditdb.foreign_objects(text[]) is 'auditdb: objects in or on schema auditdb that auditdb did not make, and how to remove each';
 
 reset role;

@@ -34,6 +34,7 @@ declare
     partition_name text;
     began boolean := false;
 begin
+    perform auditdb.require_admin_here('auditdb.ensure_partitions');
     if months_ahead is null or months_ahead < 0 or months_ahead > 120 then
         raise exception 'auditdb.ensure_partitions: months_ahead must be between 0 and 120, not %', months_ahead
             using errcode = 'invalid_parameter_value';
@@ -85,11 +86,14 @@ comment on function auditdb.ensure_partitions(integer) is 'auditdb: create the m
 -- definer: reads the catalog and the partitions' sizes; takes no argument.
 create or replace function auditdb.partitions()
 returns table (partition_name text, month_start timestamptz, month_end timestamptz, estimated_rows bigint, total_bytes bigint)
-language sql
+language plpgsql
 stable
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+begin
+    perform auditdb.require_admin_here('auditdb.partitions');
+    return query
     select c.relname::text,
            to_date(substr(c.relname, 5, 7), 'YYYY_MM')::timestamp at time zone 'UTC',
            (to_date(substr(c.relname, 5, 7), 'YYYY_MM') + interval '1 month') at time zone 'UTC',
@@ -99,7 +103,8 @@ as $$
       join pg_class c on c.oid = i.inhrelid
      where i.inhparent = 'auditdb.log'::regclass
        and c.relname ~ '^log_[0-9]{4}_[0-9]{2}$'
-     order by c.relname
+     order by c.relname;
+end
 $$;
 
 comment on function auditdb.partitions() is 'auditdb: the monthly partitions of auditdb.log';
@@ -143,10 +148,7 @@ as $$
 declare
     actual record;
 begin
-    if not auditdb.is_admin_here() then
-        raise exception 'auditdb.record_archive is for admins of this database''s log'
-            using errcode = 'insufficient_privilege', hint = 'auditdb grant ROLE --admin';
-    end if;
+    perform auditdb.require_admin_here('auditdb.record_archive');
     select * into actual from auditdb.archive_digest(partition_name);
     if actual.row_count <> row_count then
         raise exception 'archive of auditdb.% holds % rows but the partition has %', partition_name, row_count, actual.row_count
@@ -193,10 +195,7 @@ declare
     archive record;
     began boolean := false;
 begin
-    if not auditdb.is_admin_here() then
-        raise exception 'auditdb.prune_partitions is for admins of this database''s log'
-            using errcode = 'insufficient_privilege', hint = 'auditdb grant ROLE --admin';
-    end if;
+    perform auditdb.require_admin_here('auditdb.prune_partitions');
     if older_than_months is null or older_than_months < 0 then
         raise exception 'auditdb.prune_partitions: older_than_months must be 0 or more, not %', older_than_months
             using errcode = 'invalid_parameter_value';

@@ -244,8 +244,7 @@ begin
                           and not exists (select from pg_inherits i where i.inhrelid = part and i.inhdetachpending));
         perform auditdb.refuse_data_ddl('detaching a partition', current_name);
         perform auditdb.log_audit_change('AuditPartition', tracked.table_name, part::regclass::text, tracked.table_name,
-            jsonb_build_object('operation', 'detach_partition', 'partition', part::regclass::text, 'command', command,
-                               'query', auditdb.redacted_query()) || auditdb.partition_rows(part::regclass));
+            jsonb_build_object('operation', 'detach_partition', 'partition', part::regclass::text, 'command', command) || auditdb.partition_rows(part::regclass));
         -- A table that left is no longer this table's: its writes must not be logged as this one's.
         for bad in
             select t.tgrelid::regclass as tbl, t.tgname from pg_trigger t
@@ -303,7 +302,7 @@ begin
     end loop;
 
     -- Columns or name changed since apply: the generated function may no longer fit the table.
-    select jsonb_agg(jsonb_build_array(a.attname, a.atttypid::int8, a.atttypmod) order by a.attnum)
+    select jsonb_agg(jsonb_build_array(a.attname, a.atttypid::int8, a.atttypmod, a.attcollation::int8) order by a.attnum)
       into current_columns
       from pg_attribute a where a.attrelid = root and a.attnum > 0 and not a.attisdropped;
     if current_columns is distinct from tracked.config->'columns' or current_name <> tracked.table_name then
@@ -351,46 +350,78 @@ begin
         perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, identity, tracked.table_name,
             jsonb_build_object('operation', 'alter_type', 'type', identity, 'command', command,
                                'labels', (select jsonb_agg(e.enumlabel order by e.enumsortorder)
-                                            from pg_enum e where e.enumtypid = typ),
-                               'query', auditdb.redacted_query()));
+                                            from pg_enum e where e.enumtypid = typ)));
     end loop;
 end
 $$;
 
--- Tables inheriting from a tracked table (not partitions): their rows show in the tracked table's
--- queries, but their writes fire only their own triggers, so they are not captured. One joining or
--- leaving is logged (and refused with refuse_data_ddl).
-create or replace function auditdb.watch_inheritance(rel oid, command text) returns void
+-- Tables inheriting from a tracked table, directly or through others (not partitions): their rows
+-- show in the tracked table's queries, but their writes fire only their own triggers, so they are
+-- not captured. Each one joining or leaving is logged (and refused with refuse_data_ddl).
+create or replace function auditdb.watch_children(root oid, command text) returns void
 language plpgsql
 security invoker
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     tracked record;
+    current_children oid[];
+    child oid;
 begin
-    for tracked in
-        select t.relid, t.table_name from pg_inherits i join auditdb.tracked_tables t on t.relid = i.inhparent
-         where i.inhrelid = rel and not (rel = any(t.children))
-           and not coalesce((select relispartition from pg_class where oid = rel), true)
-    loop
+    select * into tracked from auditdb.tracked_tables where relid = root;
+    if not found then
+        return;
+    end if;
+    current_children := coalesce(array(
+        with recursive down(relid) as (
+            select i.inhrelid from pg_inherits i join pg_class c on c.oid = i.inhrelid
+             where i.inhparent = root and not c.relispartition
+            union
+            select i.inhrelid from pg_inherits i join down on i.inhparent = down.relid
+        )
+        select relid from down order by 1), '{}');
+    if current_children is not distinct from tracked.children then
+        return;
+    end if;
+    update auditdb.tracked_tables set children = current_children where relid = root;
+    foreach child in array current_children loop
+        continue when child = any(tracked.children);
         perform auditdb.refuse_data_ddl('inheriting from', tracked.table_name,
                                         'its rows would show in the tracked table uncaptured');
-        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, rel::regclass::text, tracked.table_name,
-            jsonb_build_object('operation', 'inherit', 'child', rel::regclass::text, 'command', command, 'captured', false,
-                               'query', auditdb.redacted_query()) || auditdb.partition_rows(rel::regclass));
-        update auditdb.tracked_tables set children = children || rel where relid = tracked.relid;
+        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, child::regclass::text, tracked.table_name,
+            jsonb_build_object('operation', 'inherit', 'child', child::regclass::text, 'command', command,
+                               'captured', false) || auditdb.partition_rows(child::regclass));
     end loop;
-    for tracked in
-        select t.relid, t.table_name from auditdb.tracked_tables t
-         where rel = any(t.children)
-           and not exists (select from pg_inherits i where i.inhrelid = rel and i.inhparent = t.relid)
-    loop
+    foreach child in array tracked.children loop
+        continue when child = any(current_children) or not exists (select from pg_class where oid = child);
         perform auditdb.refuse_data_ddl('ending inheritance from', tracked.table_name,
                                         'its rows would leave the tracked table unlogged');
-        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, rel::regclass::text, tracked.table_name,
-            jsonb_build_object('operation', 'no_inherit', 'child', rel::regclass::text, 'command', command,
-                               'query', auditdb.redacted_query()) || auditdb.partition_rows(rel::regclass));
-        update auditdb.tracked_tables set children = array_remove(children, rel) where relid = tracked.relid;
+        perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, child::regclass::text, tracked.table_name,
+            jsonb_build_object('operation', 'no_inherit', 'child', child::regclass::text, 'command', command)
+            || auditdb.partition_rows(child::regclass));
+    end loop;
+end
+$$;
+
+-- After DDL on a table: the inheritance of every tracked table it is, was or becomes a descendant of.
+create or replace function auditdb.watch_inheritance(rel oid, command text) returns void
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    root oid;
+begin
+    for root in
+        select t.relid from auditdb.tracked_tables t
+         where rel = any(t.children)
+            or t.relid in (with recursive up(relid) as (
+                               select i.inhparent from pg_inherits i where i.inhrelid = rel
+                               union
+                               select i.inhparent from pg_inherits i join up on i.inhrelid = up.relid)
+                           select relid from up)
+    loop
+        perform auditdb.watch_children(root, command);
     end loop;
 end
 $$;
@@ -525,8 +556,7 @@ begin
                 end if;
                 for tracked in select * from auditdb.tracked_tables tt where obj.objid = any(tt.children) loop
                     perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, obj.object_identity,
-                        tracked.table_name, jsonb_build_object('operation', 'drop_child', 'child', obj.object_identity,
-                                                               'query', auditdb.redacted_query()));
+                        tracked.table_name, jsonb_build_object('operation', 'drop_child', 'child', obj.object_identity));
                     update auditdb.tracked_tables set children = array_remove(children, obj.objid) where relid = tracked.relid;
                 end loop;
                 for tracked in select * from auditdb.tracked_tables tt where obj.objid = any(tt.partitions) loop
@@ -534,7 +564,7 @@ begin
                     perform auditdb.refuse_data_ddl('dropping a partition', tracked.table_name);
                     perform auditdb.log_audit_change('AuditPartition', tracked.table_name, obj.object_identity,
                         tracked.table_name, jsonb_build_object('operation', 'drop_partition', 'partition', obj.object_identity,
-                                                               'rows', null, 'query', auditdb.redacted_query()));
+                                                               'rows', null));
                     update auditdb.tracked_tables set partitions = array_remove(partitions, obj.objid) where relid = tracked.relid;
                 end loop;
             elsif obj.object_type = 'function' and obj.schema_name = 'auditdb' and obj.object_name like 'auditdb\_capture\_%' then
@@ -573,8 +603,7 @@ begin
     begin
         perform auditdb.log_audit_change('AuditTrigger', tracked.table_name, rel::regclass::text, tracked.table_name,
             jsonb_build_object('operation', 'rewrite', 'table', rel::regclass::text, 'command', tg_tag,
-                               'reason', pg_event_trigger_table_rewrite_reason(),
-                               'query', auditdb.redacted_query()));
+                               'reason', pg_event_trigger_table_rewrite_reason()));
     exception when others then
         perform auditdb.watcher_failed(tg_tag, sqlerrm);
     end;
@@ -640,7 +669,7 @@ $$;
 comment on function auditdb.ensure_event_triggers() is 'auditdb: (re)create auditdb''s event triggers, enabled ALWAYS';
 
 select auditdb.ensure_event_triggers();
-comment on event trigger auditdb_ddl_command_end is 'auditdb: capture new partitions, keep capture working across schema changes, log AUDIT_CHANGED';
+comment on event trigger auditdb_ddl_command_end is 'auditdb: capture new partitions and inheriting children, keep capture working across schema changes, log AUDIT_CHANGED';
 comment on event trigger auditdb_sql_drop is 'auditdb: log dropped capture triggers, log partitions, tracked tables and their partitions as AUDIT_CHANGED';
 comment on event trigger auditdb_table_rewrite is 'auditdb: log rewrites of tracked tables (ALTER COLUMN … TYPE … USING) as AUDIT_CHANGED';
 comment on event trigger auditdb_guard_ddl is 'auditdb: only a superuser or auditdb_owner changes auditdb''s objects';

@@ -7,6 +7,7 @@ Every attack runs as the application role, which owns its tables and types.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -120,31 +121,24 @@ def test_a_watcher_that_cannot_write_its_entry_fails_the_ddl(
 
 
 @pytest.mark.parametrize(
-    ("ddl", "recorded"),
+    "ddl",
     [
-        (
-            "alter table users alter column role type text using (case when id = 1 then 'admin' else role::text end)",
-            "alter table users alter column role type text using (case when id = ? then '…' else role::text end)",
-        ),
-        (
-            "alter table users alter column password_hash type text using 'attacker-known-hash'",
-            "alter table users alter column password_hash type text using '…'",
-        ),
-        (
-            "alter table users alter column n type bigint using 0",
-            "alter table users alter column n type bigint using ?",
-        ),
+        "alter table users alter column role type text using (case when id = 1 then 'admin' else role::text end)",
+        "alter table users alter column password_hash type text using 'attacker-known-hash'",
+        "alter table users alter column n type bigint using 0",
     ],
 )
 def test_a_rewrite_of_a_tracked_table_is_logged_with_its_command(
-    ddl: str, recorded: str, conn: psycopg.Connection[Any], app: psycopg.Connection[Any]
+    ddl: str, conn: psycopg.Connection[Any], app: psycopg.Connection[Any]
 ) -> None:
     with app.transaction():
         app.execute("select set_config('auditdb.actor_id', 'mallory', true)")
         app.execute(ddl)
     [rewrite] = _changes(conn, "rewrite")
-    # The command with its literals redacted: a query string may carry values of masked columns.
-    assert rewrite["metadata"]["query"] == recorded and rewrite["actor_id"] == "mallory"
+    # The command tag only: a query string may carry values of masked columns, and no redaction of
+    # arbitrary SQL is trustworthy enough to store.
+    assert rewrite["metadata"]["command"] == "ALTER TABLE" and rewrite["actor_id"] == "mallory"
+    assert "query" not in rewrite["metadata"] and "attacker" not in json.dumps(rewrite["metadata"])
     assert rewrite["table_name"] == "public.users"
 
 
@@ -168,7 +162,7 @@ def test_renaming_an_enum_value_a_tracked_column_uses_is_logged(
     )
     changed = _changes(conn, "alter_type")
     assert len(changed) == 2 and changed[-1]["metadata"]["labels"] == ["admin", "member2"]
-    assert changed[-1]["metadata"]["query"] == "do $$…$$"  # a DO block's body may hold anything
+    assert changed[-1]["metadata"]["command"] == "ALTER TYPE"  # the tag, never the DO block's body
     # The capture is untouched: no false schema change for the enum column (item 11).
     assert _changes(conn, "schema_changed") == []
 
@@ -290,6 +284,24 @@ def test_an_inheritance_child_of_a_tracked_table_is_logged(
     app.execute("create table users_more (id int primary key, login text, role user_role, password_hash text, n int)")
     app.execute("alter table users_more inherit users")
     assert [e["entity_name"] for e in _changes(conn, "inherit")] == ["public.users_archive", "public.users_more"]
+
+
+def test_a_grandchild_is_logged_as_inheriting_the_tracked_table(
+    conn: psycopg.Connection[Any], app: psycopg.Connection[Any]
+) -> None:
+    # Rows of a child's child show in `select * from users` too.
+    app.execute("create table users_archive () inherits (users)")
+    app.execute("create table users_older () inherits (users_archive)")
+    app.execute("create table users_oldest (like users_older)")
+    app.execute("alter table users_oldest inherit users_older")
+    app.execute("alter table users_oldest no inherit users_older")
+    logged = [(e["metadata"]["operation"], e["metadata"]["child"]) for e in audit_entries(conn, "metadata ? 'child'")]
+    assert logged == [
+        ("inherit", "public.users_archive"),
+        ("inherit", "public.users_older"),
+        ("inherit", "public.users_oldest"),
+        ("no_inherit", "public.users_oldest"),
+    ]
 
 
 def test_inheritance_is_seen_however_the_command_is_spelled(

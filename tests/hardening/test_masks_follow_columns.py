@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from tests.fix_capture import Track, entries
+from tests.fix_capture import Track, audit_entries, entries
 
 SCHEMA = """
 create table providers (
@@ -65,3 +65,17 @@ def test_secrets_renamed_into_the_tenant_project_and_rule_columns_stay_hidden(
     assert update["action"] == "UPDATE"  # the rule was written for the old `state`: skipped, not retargeted
     assert "rule STATE_X" in update["metadata"]["capture_warning"]
     assert "SECRET" not in _dump(conn)
+
+
+def test_a_rule_over_a_column_whose_collation_changed_is_skipped(conn: psycopg.Connection[Any], track: Track) -> None:
+    # A collation decides what `<` and even `=` mean (a nondeterministic one ignores case): the
+    # rule was checked against the column as it was, so it no longer runs on it.
+    track(SCHEMA, TOML)
+    conn.execute('alter table providers alter column state type text collate "POSIX"')
+    conn.execute("insert into providers values (1, 'Acme', 's', 't1', 'p1', 'a')")
+    conn.execute("update providers set state = 'x'")
+    changed = audit_entries(conn, "action = 'AUDIT_CHANGED' and metadata->>'operation' <> 'apply'")
+    assert [e["metadata"]["operation"] for e in changed] == ["schema_changed"]
+    _, update = entries(conn)
+    assert update["action"] == "UPDATE" and "rule STATE_X" in update["metadata"]["capture_warning"]
+    assert update["changes"]["state"] == {"old": "a", "new": "x"}

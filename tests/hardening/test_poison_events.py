@@ -30,7 +30,10 @@ def writer(conn: psycopg.Connection[Any], app_conn: psycopg.Connection[Any]) -> 
     [
         ({"entity_id": "x" * 12_800}, "at most 2048"),
         ({"entity_type": "x" * 3_200}, "at most 256"),
-        ({"entity_type": "é" * 100, "entity_id": "é" * 1000}, "2200 bytes long together"),
+        ({"entity_type": "X" * 200, "entity_id": "é" * 1000}, "2200 bytes long together"),
+        # A lookalike of a real type ('User' with a Cyrillic 's'), or a control character in one.
+        ({"entity_type": "U\u0455er", "entity_id": "u1"}, "is not a name"),
+        ({"entity_type": "User\n", "entity_id": "u1"}, "is not a name"),
         ({"entity_name": "x" * 5_000}, "at most 4096"),
         ({"metadata": {"blob": "x" * 1_100_000}}, "at most 1 MB"),
         # Lookalikes of auditdb's own entries, and splicing into another entity's history.

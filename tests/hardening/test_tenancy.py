@@ -175,8 +175,16 @@ def test_auditdb_admin_granted_elsewhere_reads_nothing_here(
     conn.execute(sql.SQL("grant auditdb_admin to {}").format(sql.Identifier(elsewhere)))
     assert _seen(pg_server, dbname, elsewhere) == []
     with psycopg.connect(pg_server.dsn(dbname, user=elsewhere), autocommit=True) as c:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="admins of this database"):
-            c.execute("select * from auditdb.prune_partitions(0, true)")
+        for call in (
+            "select * from auditdb.prune_partitions(0, true)",
+            "select auditdb.process_events(10)",
+            "select auditdb.worker_beat('elsewhere', now(), 0)",
+            "select * from auditdb.live_workers()",
+            "select auditdb.ensure_partitions(2)",
+            "select * from auditdb.partitions()",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="admins of this database"):
+                c.execute(call)
     _grant(dsn, elsewhere, "--admin")
     assert _seen(pg_server, dbname, elsewhere) == sorted(TENANTS)
 

@@ -5,6 +5,7 @@ application's casts, get the safe generic body at once; status and doctor fail u
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -152,11 +153,16 @@ def test_what_code_running_as_auditdb_owner_planted_is_removed_by_the_upgrade(
             "function",
             "function",
             "policy",
-            "privilege",
-            "privilege",
+            "privilege",  # the application's on the log
+            "privilege",  # the application's on zz_forge
+            "privilege",  # public's on zz_forge
             "rule",
             "trigger",
         ]
+        revoked = conn.execute(
+            "select entity_id from auditdb.log where metadata->>'operation' = 'privilege_revoked'"
+        ).fetchall()
+        assert revoked == [("auditdb_writer EXECUTE on function auditdb.process_events(integer)",)]
         assert scalar(conn, "select count(*) from pg_policies where policyname = 'zz_all'") == 0
         assert scalar(conn, "select to_regprocedure('auditdb.zz_forge(text)')") is None
         assert not scalar(conn, f"select has_table_privilege('{APP_ROLE}', 'auditdb.log', 'select')")
@@ -184,10 +190,110 @@ def test_install_gives_up_on_a_lock_an_application_holds(
 ) -> None:
     track("create table items (id int primary key)", '[tables."public.items"]\n')
     conn.execute(f"grant all on items to {APP_ROLE}")
-    conn.execute("comment on schema auditdb is 'auditdb definitions of an older release'")
+    conn.execute("comment on table auditdb.alembic_version is 'auditdb definitions of an older release'")
     with psycopg.connect(app_dsn) as app:
         app.execute("insert into items values (1)")  # holds the table until it ends
         with pytest.raises(AuditDBError, match="gave up waiting for a lock"):
             install(dsn, lock_timeout="500ms")
         app.rollback()
     install(dsn)
+
+
+def test_the_definitions_marker_cannot_be_forged_by_the_schema_owner(conn: psycopg.Connection[Any], dsn: str) -> None:
+    # Code that once ran as auditdb_owner could not mark older definitions as current: it cannot
+    # comment on the installer's version table, and a version table of its own is not believed.
+    from auditdb.db import require_installed
+    from auditdb.install import definitions_marker, installed_marker
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(f"comment on table auditdb.alembic_version is '{definitions_marker()}'")
+    with conn.transaction():
+        version = scalar(conn, "select version_num from auditdb.alembic_version")
+        conn.execute("set local role auditdb_owner")
+        conn.execute("drop table auditdb.alembic_version")  # the schema's owner may drop it
+        conn.execute("create table auditdb.alembic_version (version_num varchar(32) primary key)")
+        conn.execute("insert into auditdb.alembic_version values (%s)", (version,))
+        conn.execute(f"comment on table auditdb.alembic_version is '{definitions_marker()}'")
+        conn.execute("reset role")
+        assert installed_marker(conn) is None
+        with pytest.raises(AuditDBError, match="run `auditdb install`"):
+            require_installed(conn)
+        raise psycopg.Rollback()
+
+
+PLANTED_QUIETER = """
+create function auditdb.emit(action text) returns bigint language sql security definer
+    as $$ insert into auditdb.log (action, entity_type) values (action, 'Forged') returning id $$;
+alter table auditdb.settings add constraint zz_check check (public.zz_probe(name));
+create index zz_index on auditdb.tenant_roles (public.zz_probe(role_name));
+alter table auditdb.event_queue add column zz_generated boolean generated always as (public.zz_probe(action)) stored;
+create function public.zz_elsewhere() returns void language sql security definer as 'select';
+alter default privileges for role auditdb_owner in schema auditdb grant select on tables to {app};
+grant create on schema auditdb to auditdb_writer;
+"""
+
+
+def test_quieter_plantings_are_removed_too(empty_db: str, template_db: str) -> None:
+    # An overload of auditdb.emit a call could pick; constraints, indexes and generated columns
+    # calling the application's code whenever auditdb writes; a definer function owned by
+    # auditdb_owner outside the schema; default privileges; CREATE on the schema for its roles.
+    install(empty_db, target="0006")
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("grant create on schema public to auditdb_owner")
+        conn.execute("create function public.zz_probe(text) returns boolean language sql immutable as 'select true'")
+        with conn.transaction():
+            conn.execute("set local role auditdb_owner")
+            conn.execute(PLANTED_QUIETER.format(app=APP_ROLE))
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        removed: dict[str, str] = dict(
+            conn.execute(
+                """select entity_id, entity_name from auditdb.log
+                    where metadata->>'operation' = 'foreign_object_removed'"""
+            ).fetchall()
+        )
+        assert removed == {
+            "auditdb.emit(text)": "function",
+            "zz_check on auditdb.settings": "constraint",
+            "auditdb.zz_index": "index",
+            "auditdb.event_queue.zz_generated": "column default",
+            "function public.zz_elsewhere()": "object elsewhere",
+            f"of auditdb_owner on tables to {APP_ROLE}": "default privilege",
+            "auditdb_writer CREATE on schema auditdb": "privilege",
+            # What the default privileges gave away on the tables release 0007 created.
+            f"{APP_ROLE} on auditdb.admin_roles": "privilege",
+            f"{APP_ROLE} on auditdb.event_dead_letter": "privilege",
+            f"{APP_ROLE} on auditdb.tenant_from_context_roles": "privilege",
+        }
+        assert scalar(conn, "select count(*) from pg_proc where proname = 'emit'") == 1
+        assert scalar(conn, "select to_regprocedure('public.zz_elsewhere()')") is None
+        assert scalar(conn, "select count(*) from pg_default_acl where defaclrole = 'auditdb_owner'::regrole") <= 1
+        assert scalar(conn, "select has_schema_privilege('auditdb_writer', 'auditdb', 'usage')")
+        assert not scalar(conn, "select has_schema_privilege('auditdb_writer', 'auditdb', 'create')")
+        # The function it called remains the application's, and nothing of auditdb's uses it.
+        assert (
+            scalar(conn, "select count(*) from pg_depend where refobjid = 'public.zz_probe(text)'::regprocedure") == 0
+        )
+    doctor = CliRunner().invoke(cli, ["--dsn", empty_db, "--config", "/nonexistent.toml", "doctor"])
+    [line] = [line for line in doctor.output.splitlines() if "schema integrity" in line]
+    assert line.startswith("ok"), line
+
+
+def test_status_and_doctor_do_not_wait_behind_an_applications_lock(
+    conn: psycopg.Connection[Any], dsn: str, app_dsn: str, track: Track, tmp_path: Path
+) -> None:
+
+    track("create table items (id int primary key)", '[tables."public.items"]\n')
+    conn.execute(f"alter table items owner to {APP_ROLE}")
+    (tmp_path / "auditdb.toml").write_text('[tables."public.items"]\n')
+    config = ["--dsn", dsn, "--config", str(tmp_path / "auditdb.toml")]
+    with psycopg.connect(app_dsn) as app:
+        app.execute("lock table items in access exclusive mode")
+        for command in ("status", "doctor"):
+            started = time.monotonic()
+            result = CliRunner().invoke(cli, [*config, command])
+            assert time.monotonic() - started < 30, command
+            assert result.exit_code == 0, result.output  # read from the catalog, not the locked table
+        app.rollback()
