@@ -15,6 +15,7 @@ from auditdb import db, partitions
 from auditdb.errors import AuditDBError
 from auditdb.install import install as run_install
 from auditdb.install import install_sql, uninstall
+from auditdb.integrity import structure_differences
 from auditdb.render import safe
 
 __all__ = ["cli", "main"]
@@ -98,9 +99,11 @@ def _connection(ctx: click.Context, *, installed: bool = True) -> Iterator[psyco
 def install(ctx: click.Context, show_sql: bool) -> None:
     """Create or upgrade schema auditdb (alembic migrations; needs a superuser).
 
-    Creates the roles auditdb_owner, auditdb_admin, auditdb_viewer and auditdb_writer when
-    missing, the partitioned append-only log with its partitions, and the context functions.
-    Running it again on a current schema changes nothing.
+    Creates the roles auditdb_owner, auditdb_capture, auditdb_admin, auditdb_viewer and
+    auditdb_writer when missing, the partitioned append-only log with its partitions, and every
+    function, policy, event trigger and grant. Upgrading, it removes (and logs) whatever in schema
+    auditdb it did not make, and warns when auditdb's tables differ from a fresh install. Running
+    it again on a current schema changes nothing.
     """
     if show_sql:
         click.echo(install_sql())
@@ -112,6 +115,14 @@ def install(ctx: click.Context, show_sql: bool) -> None:
         click.echo(f"installed auditdb (schema version {after})")
     else:
         click.echo(f"upgraded auditdb from schema version {before} to {after}")
+    with db.connect(ctx.obj["dsn"]) as conn:
+        differences = structure_differences(conn)
+    if differences:
+        click.echo(
+            f"warning: auditdb's tables differ from a fresh install in {len(differences)} place(s), e.g. "
+            f"{differences[0]}: `auditdb doctor` lists them; a superuser restores them",
+            err=True,
+        )
 
 
 @cli.command(name="uninstall")

@@ -12,6 +12,7 @@ from auditdb.config import Config
 from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_marker, installed_version
+from auditdb.integrity import structure_differences
 from auditdb.triggers import State, event_trigger_status, status
 
 __all__ = ["Check", "run_checks"]
@@ -90,6 +91,21 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
             )
             if foreign
             else "only auditdb's own objects and privileges",
+        )
+    )
+
+    differences = structure_differences(conn)
+    checks.append(
+        Check(
+            "schema shape",
+            "fail" if differences else "ok",
+            (
+                "; ".join(differences[:3])
+                + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
+                + ": auditdb's tables differ from a fresh install of this release; a superuser restores them"
+            )
+            if differences
+            else "tables, columns, indexes, triggers and sequences as a fresh install has them",
         )
     )
 

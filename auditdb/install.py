@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFINITIONS",
     "HEAD_REVISION",
+    "SECURED_REVISION",
+    "UpgradeNotes",
     "definitions_marker",
     "definitions_sql",
     "finish_upgrade",
@@ -35,6 +38,7 @@ __all__ = [
     "install_sql",
     "installed_version",
     "run_revision_sql",
+    "secure_before_revisions",
     "uninstall",
 ]
 
@@ -76,12 +80,27 @@ def revision_sql(revision: str, concerns: list[str]) -> str:
     return "\n".join(parts)
 
 
+def definition_sql(name: str) -> str:
+    """One file of the current definitions (sql/definitions/<name>.sql)."""
+    root = resources.files("auditdb.sql") / "definitions"
+    return f"-- definitions/{name}.sql\n" + (root / f"{name}.sql").read_text(encoding="utf-8")
+
+
 def definitions_sql() -> str:
     """The current definitions, as one script (re-runnable: create or replace, if not exists)."""
-    root = resources.files("auditdb.sql") / "definitions"
-    return "\n".join(
-        f"-- definitions/{name}.sql\n" + (root / f"{name}.sql").read_text(encoding="utf-8") for name in DEFINITIONS
-    )
+    return "\n".join(definition_sql(name) for name in DEFINITIONS)
+
+
+@functools.cache
+def historical_function_names() -> list[str]:
+    """The names of the functions the revisions (sql/0001_*.sql …) made, before sql/definitions/."""
+    root = resources.files("auditdb.sql")
+    found: set[str] = set()
+    for entry in root.iterdir():
+        if re.fullmatch(r"\d{4}_\w+\.sql", entry.name):
+            text = entry.read_text(encoding="utf-8")
+            found.update(re.findall(r"create (?:or replace )?function auditdb\.(\w+)\s*\(", text))
+    return sorted(found)
 
 
 @functools.cache
@@ -90,9 +109,41 @@ def definition_function_names() -> list[str]:
     return sorted(set(re.findall(r"create or replace function auditdb\.(\w+)\s*\(", definitions_sql())))
 
 
-def foreign_objects(conn: psycopg.Connection[Any], *, fresh: list[int] | None = None) -> list[Foreign]:
+def foreign_objects(
+    conn: psycopg.Connection[Any], *, fresh: list[int] | None = None, log_defaults: bool = True
+) -> list[Foreign]:
     """What is in or on schema auditdb that auditdb did not make (auditdb/integrity.py)."""
-    return integrity.foreign_objects(conn, definition_function_names(), fresh=fresh)
+    return integrity.foreign_objects(conn, definition_function_names(), fresh=fresh, log_defaults=log_defaults)
+
+
+# The first revision after which application code could no longer act as auditdb_owner.
+SECURED_REVISION = "0007"
+
+
+@dataclass
+class UpgradeNotes:
+    """What an upgrade removed and found before the current definitions could log it."""
+
+    held: set[tuple[str, str, str]]
+    removed: list[Foreign] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def secure_before_revisions(conn: psycopg.Connection[Any]) -> UpgradeNotes:
+    """Before the revisions upgrade a release older than 0007: nothing of it runs as the superuser.
+
+    Its watchers are disabled until the definitions enable them again, its functions dropped or
+    left raising, views, types and inheriting tables it should not hold removed, and whatever is
+    attached to its tables (triggers, rules, policies, constraints, defaults…) that auditdb did not
+    make removed, all before a revision writes a row as the superuser.
+    """
+    notes = UpgradeNotes(held=integrity.held_privileges(conn))
+    removed, notes.counts = integrity.secure_old_release(conn, definition_function_names(), historical_function_names())
+    notes.removed += removed
+    attached = [f for f in foreign_objects(conn, log_defaults=False) if f.kind not in ("function", "function owner")]
+    _remove(conn, attached)
+    notes.removed += attached
+    return notes
 
 
 @functools.cache
@@ -118,29 +169,33 @@ def installed_marker(conn: psycopg.Connection[Any]) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
-def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False) -> bool:
+def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False, notes: UpgradeNotes | None = None) -> bool:
     """After the revisions: apply the current definitions when revisions ran or the database holds others.
 
     Only at the head revision (an install stopped at an older one keeps that one's definitions).
-    Returns whether anything ran.
+    notes: what secure_before_revisions did, when it ran. Returns whether anything ran.
     """
     if installed_version(conn) != HEAD_REVISION:
         return False
     marker = definitions_marker()
     if not migrated and installed_marker(conn) == marker:
         return False
+    if notes is None:
+        notes = UpgradeNotes(held=integrity.held_privileges(conn))
     # No statement still running the old capture code may finish after this commits: wait for
     # every transaction writing a tracked table, and hold new ones until then.
     for (relid,) in conn.execute("select relid::regclass::text from auditdb.tracked_tables").fetchall():
         conn.execute(sql.SQL("lock table {} in share mode").format(sql.SQL(str(relid))))
-    # auditdb's own DDL: the watchers leave it alone (they are among what is being redefined).
-    conn.execute("select auditdb.begin_maintenance()")
-    # What application code running as auditdb_owner (before release 0007) could have attached to
-    # auditdb's tables goes before anything runs on them as a superuser; its functions, once the
-    # definitions have rewritten auditdb's own, after.
-    _remove(conn, [f for f in foreign_objects(conn) if f.kind not in ("function", "function owner")])
-    held = integrity.held_privileges(conn)
-    conn.execute(definitions_sql().encode("utf-8"))
+    # Whatever is attached to auditdb's tables that auditdb did not make goes before anything runs
+    # on them; functions of others, once the definitions have rewritten auditdb's own, after.
+    attached = [f for f in foreign_objects(conn) if f.kind not in ("function", "function owner")]
+    _remove(conn, attached)
+    notes.removed += attached
+    for name in DEFINITIONS:
+        conn.execute(definition_sql(name).encode("utf-8"))
+        if name == "maintenance":
+            # auditdb's own DDL from here on: the watchers (redefined next) leave it alone.
+            conn.execute("select auditdb.begin_maintenance()")
     fresh = [
         int(r[0])
         for r in conn.execute(
@@ -149,19 +204,10 @@ def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False) -> 
                   and p.xmin::text::bigint = pg_catalog.txid_current() % 4294967296"""
         ).fetchall()
     ]
-    _remove(conn, foreign_objects(conn, fresh=fresh))
-    # auditdb's roles hold exactly what sql/definitions/grants.sql gives them: a privilege one held
-    # before and not now was granted by someone else (or by an older release), and is logged.
-    for obj, grantee, privilege in sorted(held - integrity.held_privileges(conn)):
-        conn.execute(
-            "select auditdb.log_audit_change('AuditSchema', %s, 'privilege', null, %s)",
-            (
-                f"{grantee} {privilege} on {obj}",
-                psycopg.types.json.Jsonb(
-                    {"operation": "privilege_revoked", "grantee": grantee, "privilege": privilege, "object": obj}
-                ),
-            ),
-        )
+    late = foreign_objects(conn, fresh=fresh)
+    _remove(conn, late)
+    notes.removed += late
+    _log_removed(conn, notes)
     from auditdb.upgrade import upgrade_configs
 
     # As auditdb_owner, which owns the registry: nothing there runs as a superuser.
@@ -174,26 +220,47 @@ def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False) -> 
 
 
 def _remove(conn: psycopg.Connection[Any], found: list[Foreign]) -> None:
-    """Remove each foreign object, logged (one that needs a person is logged and left)."""
+    """Remove each foreign object (one that needs a person is left; _log_removed says so)."""
     for f in found:
-        removed = not f.remedy.startswith("--")
-        if removed:
+        if not f.remedy.startswith("--"):
             conn.execute(sql.SQL(f.remedy))
-        conn.execute(
-            "select auditdb.log_audit_change('AuditSchema', %s, %s, null, %s)",
-            (
-                f.identity,
-                f.kind,
-                psycopg.types.json.Jsonb(
-                    {
-                        "operation": "foreign_object_removed" if removed else "foreign_object_found",
-                        "kind": f.kind,
-                        "object": f.identity,
-                        "statement": f.remedy,
-                    }
-                ),
-            ),
+
+
+def _log_removed(conn: psycopg.Connection[Any], notes: UpgradeNotes) -> None:
+    """Log what the upgrade removed or found, once auditdb's own functions are in place."""
+    logged: set[tuple[str, str]] = set()
+    for f in notes.removed:
+        if (f.kind, f.identity) in logged:
+            continue
+        logged.add((f.kind, f.identity))
+        removed = not f.remedy.startswith("--")
+        operation = "foreign_object_removed" if removed else "foreign_object_found"
+        _log_schema(
+            conn,
+            f.identity,
+            f.kind,
+            {"operation": operation, "kind": f.kind, "object": f.identity, "statement": f.remedy},
         )
+    # auditdb's roles hold exactly what sql/definitions/grants.sql gives them: a privilege one held
+    # before and not now was granted by someone else (or by an older release), and is logged.
+    for obj, grantee, privilege in integrity.lost_privileges(conn, notes.held):
+        _log_schema(
+            conn,
+            f"{grantee} {privilege} on {obj}",
+            "privilege",
+            {"operation": "privilege_revoked", "grantee": grantee, "privilege": privilege, "object": obj},
+        )
+    for line in integrity.structure_differences(conn):
+        _log_schema(conn, line, "structure", {"operation": "foreign_object_found", "kind": "structure", "object": line})
+    if any(notes.counts.values()):
+        _log_schema(conn, "auditdb", "upgrade", {"operation": "old_release_secured", **notes.counts})
+
+
+def _log_schema(conn: psycopg.Connection[Any], entity_id: str, name: str, metadata: dict[str, Any]) -> None:
+    conn.execute(
+        "select auditdb.log_audit_change('AuditSchema', %s, %s, null, %s)",
+        (entity_id, name, psycopg.types.json.Jsonb(metadata)),
+    )
 
 
 def run_revision_sql(revision: str, concerns: list[str]) -> None:
@@ -261,6 +328,7 @@ def install(
             cfg = _config()
             cfg.attributes["connection"] = sa_conn
             cfg.attributes["lock_timeout"] = lock_timeout
+            cfg.attributes["to_head"] = target in ("head", HEAD_REVISION)
             command.upgrade(cfg, target)
             sa_conn.commit()
             after = installed_version(driver)

@@ -85,16 +85,16 @@ alter table auditdb.partition_archive add column sha256 text;
 
 -- Definitions that changed their arguments or are gone (sql/definitions/ makes the rest). No
 -- CASCADE anywhere: what depends on them is dropped by name first.
-drop policy log_admin_read on auditdb.log;
-drop policy log_viewer_read on auditdb.log;
-drop function auditdb.viewer_tenants(name);
-drop function auditdb.log_export(jsonb, text, bigint, text, text);
-drop function auditdb.record_archive(text, bigint, text);
-drop function auditdb.generic_row(jsonb, jsonb, text);
-drop function auditdb.generic_diff(jsonb, jsonb, jsonb);
-drop function auditdb.generic_entity_id(jsonb, text[]);
-drop function auditdb.log_access_change(text, text, text, text[]);
+drop policy if exists log_admin_read on auditdb.log;
+drop policy if exists log_viewer_read on auditdb.log;
+drop function if exists auditdb.viewer_tenants(name);
+drop function if exists auditdb.log_export(jsonb, text, bigint, text, text);
+drop function if exists auditdb.record_archive(text, bigint, text);
+drop function if exists auditdb.generic_row(jsonb, jsonb, text);
+drop function if exists auditdb.generic_diff(jsonb, jsonb, jsonb);
+drop function if exists auditdb.generic_entity_id(jsonb, text[]);
+drop function if exists auditdb.log_access_change(text, text, text, text[]);
 
 reset role;
 
-drop function auditdb.check_relation(oid, text);
+drop function if exists auditdb.check_relation(oid, text);

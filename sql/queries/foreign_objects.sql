@@ -6,7 +6,8 @@ ours as (
      where p.pronamespace = 'auditdb'::regnamespace
        and (p.proname in (select name from known)
             or (p.proname like 'auditdb\_capture\_%%' and p.pronargs = 0
-                and p.prorettype = 'trigger'::regtype and p.proowner = 'auditdb_capture'::regrole))
+                and p.prorettype = 'trigger'::regtype
+                and p.proowner = (select oid from pg_catalog.pg_roles where rolname = 'auditdb_capture')))
 ),
 rels as (select c.oid, c.relkind from pg_catalog.pg_class c where c.relnamespace = 'auditdb'::regnamespace),
 -- Objects in the schema that depend on foreign code.
@@ -23,7 +24,9 @@ foreign_code(classid, objid, objsubid) as (
 )
 -- Functions: auditdb's own (by name; a second one of a name is an overload someone added, which
 -- a call could pick), and the generated capture functions.
-select 'function', p.oid::regprocedure::text, pg_catalog.format('drop function %%s', p.oid::regprocedure)
+select 'function', p.oid::regprocedure::text,
+       pg_catalog.format('drop %%s %%s', case p.prokind when 'a' then 'aggregate' when 'p' then 'procedure' else 'function' end,
+                         p.oid::regprocedure)
   from pg_catalog.pg_proc p
  where p.pronamespace = 'auditdb'::regnamespace
    and (p.oid not in (select oid from ours)
@@ -158,3 +161,43 @@ select distinct 'privilege', pg_catalog.format('%%s %%s on schema auditdb', coal
  where n.nspname = 'auditdb' and a.grantee <> n.nspowner
    and (coalesce(nullif(a.grantee, 0)::regrole::text, 'public') not in (select unnest(%(grantees)s::text[]))
         or a.privilege_type <> 'USAGE')
+union all
+-- Column privileges: none, to anyone (auditdb grants whole tables, and one column set to capture).
+select distinct 'privilege', pg_catalog.format('%%s on column %%s.%%I', coalesce(nullif(a.grantee, 0)::regrole::text, 'public'),
+                                               c.oid::regclass, att.attname),
+       pg_catalog.format('revoke all (%%I) on table %%s from %%s', att.attname, c.oid::regclass,
+                         coalesce(nullif(a.grantee, 0)::regrole::text, 'public'))
+  from pg_catalog.pg_class c join pg_catalog.pg_attribute att on att.attrelid = c.oid
+       cross join lateral pg_catalog.aclexplode(att.attacl) a
+ where c.relnamespace = 'auditdb'::regnamespace and a.grantee <> c.relowner
+   and not ((c.oid = 'auditdb.log'::regclass or c.relispartition)
+            and a.grantee = (select oid from pg_catalog.pg_roles where rolname = 'auditdb_capture')
+            and a.privilege_type = 'INSERT')
+union all
+-- Types (auditdb makes none but its tables' row types), columns of other types than built-in
+-- ones, views and the like, and tables inheriting from auditdb's (partitions of the log aside).
+select case t.typtype when 'd' then 'domain' else 'type' end, t.oid::regtype::text,
+       pg_catalog.format('drop %%s %%s', case t.typtype when 'd' then 'domain' else 'type' end, t.oid::regtype)
+  from pg_catalog.pg_type t
+ where t.typnamespace = 'auditdb'::regnamespace and t.typelem = 0 and t.typtype <> 'm'
+   and (t.typrelid = 0 or (select relkind from pg_catalog.pg_class where oid = t.typrelid) = 'c')
+union all
+select 'column type', pg_catalog.format('%%s.%%I', c.oid::regclass, a.attname),
+       pg_catalog.format('-- give %%s.%%I a built-in type (it is %%s)', c.oid::regclass, a.attname, a.atttypid::regtype)
+  from pg_catalog.pg_class c join pg_catalog.pg_attribute a on a.attrelid = c.oid
+  join pg_catalog.pg_type ty on ty.oid = a.atttypid
+ where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
+   and a.attnum > 0 and not a.attisdropped and ty.typnamespace <> 'pg_catalog'::regnamespace
+union all
+select 'relation', c.oid::regclass::text,
+       pg_catalog.format('drop %%s %%s', case c.relkind when 'v' then 'view' when 'm' then 'materialized view'
+                                                     else 'foreign table' end, c.oid::regclass)
+  from pg_catalog.pg_class c
+ where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('v', 'm', 'f')
+union all
+select 'inheritance', pg_catalog.format('%%s inherits %%s', i.inhrelid::regclass, i.inhparent::regclass),
+       pg_catalog.format('alter table %%s no inherit %%s', i.inhrelid::regclass, i.inhparent::regclass)
+  from pg_catalog.pg_inherits i join pg_catalog.pg_class p on p.oid = i.inhparent
+  join pg_catalog.pg_class c on c.oid = i.inhrelid
+ where p.relnamespace = 'auditdb'::regnamespace and p.relkind in ('r', 'p')
+   and not (p.oid = 'auditdb.log'::regclass and c.relispartition)

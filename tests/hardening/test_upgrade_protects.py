@@ -153,9 +153,7 @@ def test_what_code_running_as_auditdb_owner_planted_is_removed_by_the_upgrade(
             "function",
             "function",
             "policy",
-            "privilege",  # the application's on the log
-            "privilege",  # the application's on zz_forge
-            "privilege",  # public's on zz_forge
+            "privilege",  # the application's on the log (its grant on zz_forge went with the function)
             "rule",
             "trigger",
         ]
@@ -262,11 +260,9 @@ def test_quieter_plantings_are_removed_too(empty_db: str, template_db: str) -> N
             "function public.zz_elsewhere()": "object elsewhere",
             f"of auditdb_owner on tables to {APP_ROLE}": "default privilege",
             "auditdb_writer CREATE on schema auditdb": "privilege",
-            # What the default privileges gave away on the tables release 0007 created.
-            f"{APP_ROLE} on auditdb.admin_roles": "privilege",
-            f"{APP_ROLE} on auditdb.event_dead_letter": "privilege",
-            f"{APP_ROLE} on auditdb.tenant_from_context_roles": "privilege",
         }
+        # The default privileges went before release 0007 created its tables: none was given away.
+        assert not scalar(conn, f"select has_table_privilege('{APP_ROLE}', 'auditdb.admin_roles', 'select')")
         assert scalar(conn, "select count(*) from pg_proc where proname = 'emit'") == 1
         assert scalar(conn, "select to_regprocedure('public.zz_elsewhere()')") is None
         assert scalar(conn, "select count(*) from pg_default_acl where defaclrole = 'auditdb_owner'::regrole") <= 1
@@ -297,3 +293,169 @@ def test_status_and_doctor_do_not_wait_behind_an_applications_lock(
             assert time.monotonic() - started < 30, command
             assert result.exit_code == 0, result.output  # read from the catalog, not the locked table
         app.rollback()
+
+
+# The application's code, for the plantings below to call: it records who ran it.
+PROBE_SQL = """
+create table public.probe_hits (who text, superuser boolean);
+grant insert on public.probe_hits to public;
+create function public.probe(x text) returns boolean language plpgsql as $$
+begin
+    insert into public.probe_hits select current_user, rolsuper from pg_roles where rolname = current_user;
+    return true;
+end $$;
+grant execute on function public.probe(text) to public;
+"""
+
+
+def _planted_under_0006(empty_db: str, planting: str) -> None:
+    install(empty_db, target="0006")
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(PROBE_SQL)
+        with conn.transaction():
+            conn.execute("set local role auditdb_owner")
+            conn.execute(planting)
+        # Under release 0006 a replaced function its watchers call already runs as the superuser at
+        # the next DDL (the planting's own): what counts is what runs from the upgrade on.
+        conn.execute("truncate public.probe_hits")
+
+
+def _probe_hits(dsn: str) -> list[tuple[str, bool]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [(str(w), bool(s)) for w, s in conn.execute("select who, superuser from public.probe_hits").fetchall()]
+
+
+@pytest.mark.parametrize(
+    "planting",
+    [
+        # Functions the old release's watchers (run as the superuser) and the upgrade call.
+        """create or replace function auditdb.in_maintenance() returns boolean language plpgsql
+               as $$ begin perform public.probe('in_maintenance'); return false; end $$""",
+        """create or replace function auditdb.begin_maintenance() returns void language plpgsql
+               as $$ begin perform public.probe('begin_maintenance'); end $$""",
+        """create or replace function auditdb.log_audit_change(a text, b text, c text, d jsonb, e jsonb)
+               returns void language plpgsql as $$ begin perform public.probe('log_audit_change'); end $$""",
+        # The guard's function, and a trigger on a table the revisions write.
+        """create or replace function auditdb.refuse_log_change() returns trigger language plpgsql
+               as $$ begin perform public.probe('guard'); return null; end $$""",
+        """create function auditdb.zz_t() returns trigger language plpgsql
+               as $$ begin perform public.probe('trigger'); return new; end $$;
+           create trigger zz before insert or update or delete on auditdb.tenant_roles
+               for each row execute function auditdb.zz_t()""",
+    ],
+)
+def test_nothing_the_old_release_holds_runs_as_the_superuser_who_upgrades(
+    planting: str, empty_db: str, template_db: str
+) -> None:
+    _planted_under_0006(empty_db, planting)
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    assert [hit for hit in _probe_hits(empty_db) if hit[1]] == []
+    doctor = CliRunner().invoke(cli, ["--dsn", empty_db, "--config", "/nonexistent.toml", "doctor"])
+    [line] = [line for line in doctor.output.splitlines() if "schema integrity" in line]
+    assert line.startswith("ok"), line
+
+
+def test_a_version_table_the_schema_owner_replaced_stops_the_upgrade(empty_db: str, template_db: str) -> None:
+    # Alembic reads and updates it as the superuser: a trigger or a domain check on it would run.
+    _planted_under_0006(
+        empty_db,
+        """drop table auditdb.alembic_version;
+           create table auditdb.alembic_version (version_num varchar(32) primary key);
+           insert into auditdb.alembic_version values ('0006');
+           create function auditdb.zz_t() returns trigger language plpgsql
+               as $$ begin perform public.probe('version'); return new; end $$;
+           create trigger zz before update on auditdb.alembic_version for each row execute function auditdb.zz_t()""",
+    )
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 1
+    assert "auditdb.alembic_version is not the table install made" in result.output
+    assert _probe_hits(empty_db) == []
+
+
+def test_a_domain_planted_under_a_log_column_is_removed(empty_db: str, template_db: str) -> None:
+    # Its check would run as whoever writes an entry: auditdb_owner (emit), auditdb_capture.
+    _planted_under_0006(
+        empty_db,
+        """create domain auditdb.label as text check (public.probe(value));
+           alter table auditdb.log alter column entity_type type auditdb.label""",
+    )
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("truncate public.probe_hits")
+        conn.execute("select auditdb.log_audit_change('X', 'x', 'x', null, '{}')")
+        assert (
+            scalar(
+                conn,
+                "select format_type(atttypid, atttypmod) from pg_attribute "
+                "where attrelid = 'auditdb.log'::regclass and attname = 'entity_type'",
+            )
+            == "text"
+        )
+        assert scalar(conn, "select to_regtype('auditdb.label')") is None
+        removed = {
+            r[0]
+            for r in conn.execute(
+                "select entity_name from auditdb.log where metadata->>'operation' = 'foreign_object_removed'"
+            ).fetchall()
+        }
+        assert removed == {"column type", "domain"}
+    assert _probe_hits(empty_db) == []
+
+
+def test_other_kinds_of_objects_planted_are_removed_without_stopping_the_upgrade(
+    empty_db: str, template_db: str
+) -> None:
+    _planted_under_0006(
+        empty_db,
+        """create procedure auditdb.zz_p() language sql as 'select 1';
+           create aggregate auditdb.zz_agg(int) (sfunc = int4pl, stype = int);
+           create view auditdb.zz_v as select public.probe('view') as hit;
+           create table auditdb.zz_child () inherits (auditdb.tenant_roles);
+           create type auditdb.zz_enum as enum ('a')""",
+    )
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        removed = dict(
+            conn.execute(
+                """select entity_id, entity_name from auditdb.log
+                    where metadata->>'operation' = 'foreign_object_removed'"""
+            ).fetchall()
+        )
+    assert removed == {
+        "auditdb.zz_p()": "function",
+        "auditdb.zz_agg(integer)": "function",
+        "auditdb.zz_v": "relation",
+        "auditdb.zz_child inherits auditdb.tenant_roles": "inheritance",
+        "auditdb.zz_enum": "type",
+    }
+    assert _probe_hits(empty_db) == []
+
+
+def test_changes_to_auditdbs_tables_under_the_old_release_are_reported(empty_db: str, template_db: str) -> None:
+    # What the schema's owner could do to its own tables: not code, but no longer what auditdb
+    # made. The upgrade cannot tell what the right data would be: it says so, and doctor fails.
+    _planted_under_0006(
+        empty_db,
+        """alter table auditdb.log_default disable trigger log_append_only;
+           alter sequence auditdb.log_id_seq maxvalue 1000000 cycle;
+           alter table auditdb.log_default set unlogged""",
+    )
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    assert "warning: auditdb's tables differ from a fresh install in" in result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        found = [
+            r[0]
+            for r in conn.execute(
+                "select entity_id from auditdb.log where metadata->>'operation' = 'foreign_object_found'"
+            ).fetchall()
+        ]
+    assert any("log_default.log_append_only" in f and "enabled=D" in f for f in found), found
+    assert any(f.startswith("extra: sequence | log_id_seq") and "cycle" in f for f in found), found
+    assert any(f.startswith("extra: relation | log_default") and "persistence=u" in f for f in found), found
+    doctor = CliRunner().invoke(cli, ["--dsn", empty_db, "--config", "/nonexistent.toml", "doctor"])
+    [line] = [line for line in doctor.output.splitlines() if "schema shape" in line]
+    assert line.startswith("fail"), line
