@@ -152,6 +152,16 @@ select (select count(*) from pg_catalog.pg_class where relnamespace = n.oid)
 """
 
 
+RELKINDS = {
+    "r": "table",
+    "p": "partitioned table",
+    "v": "view",
+    "m": "materialized view",
+    "f": "foreign table",
+    "S": "sequence",
+}
+
+
 def check_version_table(conn: psycopg.Connection[Any]) -> None:
     """Refuse to go on when schema auditdb is not one install made (before reading anything in it)."""
     row = conn.execute(VERSION_TABLE_SQL).fetchone()
@@ -166,7 +176,7 @@ def check_version_table(conn: psycopg.Connection[Any]) -> None:
     relkind, owner, superuser = row
     if relkind != "r" or not superuser:
         raise AuditDBError(
-            f"auditdb.alembic_version is not the table install made (a {'table' if relkind == 'r' else 'view'} "
+            f"auditdb.alembic_version is not the table install made (a {RELKINDS.get(relkind, 'relation')} "
             f"owned by {owner}, not a superuser): code that once ran as auditdb_owner may have replaced it. "
             "Nothing was changed; inspect it, recreate it as a superuser with the version it should hold "
             "(create table auditdb.alembic_version (version_num varchar(32) primary key)), then install again"
