@@ -72,6 +72,50 @@ def grant(
         )
 
 
+_HELD_SQL = """
+select exists (select from pg_catalog.pg_auth_members m
+                where m.roleid = %(group)s::regrole and m.member = %(role)s::regrole),
+       array(select g.rolname::text
+               from pg_catalog.pg_auth_members m join pg_catalog.pg_roles g on g.oid = m.roleid
+              where m.member = %(role)s::regrole
+                and pg_catalog.pg_has_role(g.oid, %(group)s::regrole, 'MEMBER')
+              order by 1),
+       exists (select from auditdb.admin_roles where roleid = %(role)s::regrole),
+       array(select tenant_id from auditdb.tenant_roles where roleid = %(role)s::regrole order by 1),
+       exists (select from auditdb.tenant_from_context_roles where roleid = %(role)s::regrole)
+"""
+
+
+def _check_held(
+    conn: psycopg.Connection[Any], role: str, kind: str, tenants: tuple[str, ...], *, tenant_from_context: bool
+) -> None:
+    """Refuse to revoke what role does not hold here (a typo in a role or a tenant would be logged as done)."""
+    row = conn.execute(_HELD_SQL, {"group": ROLES[kind], "role": _quoted(role)}).fetchone()
+    assert row is not None
+    direct, through, listed_admin, bound, from_context = row
+    if kind == "viewer" and tenants:
+        missing = [t for t in tenants if t not in bound]
+        if missing:
+            raise AuditDBError(
+                f"{role} is not bound to tenant(s) {', '.join(missing)}"
+                + (f" (it is bound to {', '.join(bound)})" if bound else "")
+                + ": nothing was revoked"
+            )
+        return
+    if kind == "viewer" and tenant_from_context:
+        if not from_context:
+            raise AuditDBError(f"{role} does not read the tenant its session names: nothing was revoked")
+        return
+    if direct or (kind == "admin" and listed_admin) or (kind == "viewer" and (bound or from_context)):
+        return
+    if through:
+        raise AuditDBError(
+            f"{role} holds {ROLES[kind]} only through {', '.join(through)}: revoke it from that role; "
+            "nothing was revoked"
+        )
+    raise AuditDBError(f"{role} does not hold {ROLES[kind]}: nothing was revoked")
+
+
 def revoke(
     conn: psycopg.Connection[Any],
     role: str,
@@ -80,10 +124,14 @@ def revoke(
     *,
     tenant_from_context: bool = False,
 ) -> None:
-    """Revoke auditdb_<kind> (a viewer: maybe only some tenants, or the context mode); logged as PERMISSION_REVOKE."""
+    """Revoke auditdb_<kind> (a viewer: maybe only some tenants, or the context mode); logged as PERMISSION_REVOKE.
+
+    Refuses, changing and logging nothing, when role does not hold what is named.
+    """
     _check_role(conn, role)
     with pinned(conn):
         roleid = _quoted(role)
+        _check_held(conn, role, kind, tenants, tenant_from_context=tenant_from_context)
         if kind == "viewer" and tenant_from_context and not tenants:
             conn.execute("delete from auditdb.tenant_from_context_roles where roleid = %s::regrole", (roleid,))
         elif kind == "viewer" and tenants:

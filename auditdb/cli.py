@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +22,50 @@ from auditdb.render import safe
 __all__ = ["cli", "main"]
 
 
+_DSN_HELP = (
+    "Database to work on (libpq string or URL). Default: $AUDITDB_DSN, then $DATABASE_URL, then libpq's PG* variables."
+)
+_CONFIG_HELP = "Tracking config file."
+_DEBUG_HELP = "Show the full traceback on errors."
+
+
+def _global_options() -> list[click.Option]:
+    """auditdb's own options, accepted after a subcommand's name too (`auditdb install --dsn …`)."""
+    return [
+        click.Option(["--dsn", "_global_dsn"], metavar="DSN", help=_DSN_HELP),
+        click.Option(
+            ["--config", "_global_config_path"],
+            type=click.Path(path_type=Path),
+            help=f"{_CONFIG_HELP} [default: auditdb.toml]",
+        ),
+        click.Option(["--debug", "_global_debug"], is_flag=True, default=None, help=_DEBUG_HELP),
+    ]
+
+
+def _taking_global_options(command: click.Command) -> None:
+    """Add the global options to command; given there, they override what came before its name."""
+    if any(p.name == "_global_dsn" for p in command.params) or command.callback is None:
+        return
+    command.params.extend(_global_options())
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def with_globals(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(f"_global_{name}") for name in ("dsn", "config_path", "debug")}
+        obj = click.get_current_context().ensure_object(dict)
+        obj.update({name: value for name, value in given.items() if value is not None})
+        return callback(*args, **kwargs)
+
+    command.callback = with_globals
+
+
 class _Group(click.Group):
     """Turns every failure into one line on stderr; --debug keeps the traceback."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not getattr(cmd.callback, "no_database", False):
+            _taking_global_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -47,21 +90,16 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--dsn",
-    metavar="DSN",
-    help="Database to work on (libpq string or URL). Default: $AUDITDB_DSN, then $DATABASE_URL, "
-    "then libpq's PG* variables.",
-)
+@click.option("--dsn", metavar="DSN", help=_DSN_HELP)
 @click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
     default=Path("auditdb.toml"),
     show_default=True,
-    help="Tracking config file.",
+    help=_CONFIG_HELP,
 )
-@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.option("--debug", is_flag=True, help=_DEBUG_HELP)
 @click.pass_context
 def cli(ctx: click.Context, dsn: str | None, config_path: Path, debug: bool) -> None:
     """auditdb: a compliance-grade audit log that lives in PostgreSQL.
@@ -322,8 +360,15 @@ def doctor(ctx: click.Context) -> None:
         ctx.exit(1)
 
 
+def _no_database(f: Any) -> Any:
+    """Mark a command that works on no database of the user's, so it takes no --dsn or --config."""
+    f.no_database = True
+    return f
+
+
 @cli.command()
 @click.option("--keep", is_flag=True, help="Leave the server running until Enter is pressed (for a look with psql).")
+@_no_database
 def demo(keep: bool) -> None:
     """Show auditdb at work on an embedded PostgreSQL; needs no setup and cleans up after itself."""
     from auditdb.demo import run_demo

@@ -1,0 +1,96 @@
+"""CLI manners: global options after the subcommand; grant and revoke say what they refuse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from click.testing import CliRunner
+from psycopg import sql
+
+from auditdb.cli import cli
+from tests.fix_capture import audit_entries
+from tests.fix_roles import MakeRole
+
+BAD = "host=127.0.0.1 port=1 dbname=nowhere user=nobody connect_timeout=2"
+
+
+def _auditdb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "auditdb", *args], capture_output=True, text=True, check=False)
+
+
+def test_global_options_work_after_the_subcommand(dsn: str, tmp_path: Path) -> None:
+    # The README's own spelling: `auditdb install --dsn …`.
+    installed = _auditdb("install", "--dsn", dsn)
+    assert installed.returncode == 0, installed.stderr
+    assert "up to date" in installed.stdout
+    assert _auditdb("partitions", "list", "--dsn", dsn).returncode == 0
+    # After the subcommand wins over before it; --config and --debug too.
+    assert _auditdb("--dsn", BAD, "partitions", "list", "--dsn", dsn).returncode == 0
+    config = tmp_path / "elsewhere.toml"
+    config.write_text('[tables."public.nowhere"]\n')
+    status = _auditdb("status", "--dsn", dsn, "--config", str(config))
+    assert status.returncode == 1 and "public.nowhere" in status.stdout + status.stderr
+    debug = _auditdb("partitions", "list", "--dsn", BAD, "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    plain = _auditdb("partitions", "list", "--dsn", BAD)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    # The demo runs on its own server: it takes no --dsn rather than ignore one.
+    demo = _auditdb("demo", "--dsn", dsn)
+    assert demo.returncode == 2 and "No such option" in demo.stderr
+    helped = _auditdb("status", "--help")
+    assert "--dsn DSN" in helped.stdout and "--config" in helped.stdout
+
+
+def test_grant_refuses_two_kinds_at_once(dsn: str, make_role: MakeRole, conn: psycopg.Connection[Any]) -> None:
+    role = make_role()
+    for kinds in (["--viewer", "--admin"], ["--admin", "--writer"], ["--viewer", "--tenant", "t1", "--writer"]):
+        result = CliRunner().invoke(cli, ["--dsn", dsn, "grant", role, *kinds])
+        assert result.exit_code == 2, result.output
+        assert "one at a time" in result.output
+    held = conn.execute(
+        "select pg_has_role(%(r)s, 'auditdb_admin', 'member') or pg_has_role(%(r)s, 'auditdb_viewer', 'member')"
+        " or pg_has_role(%(r)s, 'auditdb_writer', 'member')",
+        {"r": role},
+    ).fetchone()
+    assert held == (False,)
+    assert audit_entries(conn, "entity_type = 'AuditAccess'") == []
+
+
+def test_revoking_what_a_role_does_not_hold_says_so(
+    dsn: str, make_role: MakeRole, conn: psycopg.Connection[Any]
+) -> None:
+    role, group = make_role(), make_role()
+
+    def revoke(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--dsn", dsn, "revoke", role, *args])
+
+    for args in (["--admin"], ["--writer"], ["--viewer"], ["--viewer", "--tenant-from-context"]):
+        result = revoke(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "nothing was revoked" in result.output and len(result.output.strip().splitlines()) == 1
+    assert CliRunner().invoke(cli, ["--dsn", dsn, "grant", role, "--viewer", "--tenant", "t1"]).exit_code == 0
+    wrong_tenant = revoke("--viewer", "--tenant", "t2")
+    assert wrong_tenant.exit_code == 1
+    assert "not bound to tenant(s) t2 (it is bound to t1)" in wrong_tenant.output
+    # Held only through another role: revoking from this one would change nothing.
+    conn.execute(sql.SQL("grant auditdb_writer to {}").format(sql.Identifier(group)))
+    conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(group), sql.Identifier(role)))
+    through = revoke("--writer")
+    assert through.exit_code == 1 and f"only through {group}" in through.output
+    logged = [(e["action"], e["metadata"]["role"]) for e in audit_entries(conn, "entity_type = 'AuditAccess'")]
+    assert logged == [("PERMISSION_GRANT", "auditdb_viewer")], "a refused revoke logs nothing"
+    # What is held is revoked as before.
+    assert revoke("--viewer", "--tenant", "t1").exit_code == 0
+    assert conn.execute("select pg_has_role(%s, 'auditdb_viewer', 'member')", (role,)).fetchone() == (False,)
+
+
+def test_revoke_help_speaks_of_revoking() -> None:
+    grant_help = " ".join(CliRunner().invoke(cli, ["grant", "--help"]).output.split())
+    revoke_help = " ".join(CliRunner().invoke(cli, ["revoke", "--help"]).output.split())
+    assert "Take back" in revoke_help and "Take back" not in grant_help
+    for text in ("bind to a tenant", "Never given without asking", "Set the session context"):
+        assert text in grant_help and text not in revoke_help
