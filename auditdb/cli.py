@@ -105,7 +105,8 @@ def cli(ctx: click.Context, dsn: str | None, config_path: Path, debug: bool) -> 
     """auditdb: a compliance-grade audit log that lives in PostgreSQL.
 
     Triggers record every change of the tracked tables, with who, what, when and from where,
-    into the append-only, monthly-partitioned table auditdb.log.
+    into the append-only, monthly-partitioned table auditdb.log. --dsn, --config and --debug
+    may also follow the command's name (auditdb install --dsn …).
     """
     ctx.ensure_object(dict)
     ctx.obj.update(dsn=dsn, config_path=config_path, debug=debug)

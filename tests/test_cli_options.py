@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,27 @@ def test_revoke_help_speaks_of_revoking() -> None:
     assert "Take back" in revoke_help and "Take back" not in grant_help
     for text in ("bind to a tenant", "Never given without asking", "Set the session context"):
         assert text in grant_help and text not in revoke_help
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_manuals_stand_on_their_own_in_a_clone() -> None:
+    """Every relative link of README.md and REFERENCE.md names a file of the repository."""
+    for manual in ("README.md", "REFERENCE.md"):
+        text = (ROOT / manual).read_text()
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            assert (ROOT / target).resolve().is_relative_to(ROOT), (manual, target)
+            assert (ROOT / target).exists(), (manual, target)
+
+
+def test_one_poll_interval_everywhere() -> None:
+    from auditdb.worker import Worker
+
+    option = next(p for p in cli.commands["worker"].params if p.name == "poll_interval")
+    readme = (ROOT / "README.md").read_text()
+    assert option.default == Worker.poll_interval
+    assert f"`--poll-interval` ({option.default:g} s by default)" in readme
+    assert f"poll every {option.default:g} s otherwise" in readme
