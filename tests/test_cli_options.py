@@ -119,3 +119,19 @@ def test_one_poll_interval_everywhere() -> None:
     assert option.default == Worker.poll_interval
     assert f"`--poll-interval` ({option.default:g} s by default)" in readme
     assert f"poll every {option.default:g} s otherwise" in readme
+
+
+def test_the_readmes_samples_are_this_release(dsn: str, tmp_path: Path) -> None:
+    """The doctor sample has every check doctor runs, in its order, and the versions are the head's."""
+    from auditdb.install import HEAD_REVISION
+
+    readme = (ROOT / "README.md").read_text()
+    sample = readme.split("$ auditdb --config examples/testplanit/auditdb.toml doctor\n", 1)[1].split("```", 1)[0]
+    shown = [line[6:25].strip() for line in sample.splitlines() if line]
+    config = tmp_path / "auditdb.toml"
+    config.write_text("")
+    ran = CliRunner().invoke(cli, ["--dsn", dsn, "--config", str(config), "doctor"])
+    names = [line[6:25].strip() for line in ran.output.splitlines() if line[:4] in ("ok  ", "warn", "fail")]
+    assert shown == names
+    assert f"version {HEAD_REVISION}" in sample
+    assert f"installed auditdb, schema version {HEAD_REVISION}" in readme
