@@ -24,6 +24,15 @@ SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
 _DRIVER_SCHEME = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
 
 
+# The libpq variables that name a server, a database or a login (PGPASSWORD alone names none).
+_PG_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+_NO_DSN_HINT = (
+    "no database was named: pass --dsn, or set AUDITDB_DSN, DATABASE_URL or libpq's PG* variables "
+    "(PGHOST, PGDATABASE, …)"
+)
+
+
 def resolve_dsn(dsn: str | None = None) -> str:
     """The connection string to use: the argument, else AUDITDB_DSN, else DATABASE_URL.
 
@@ -44,7 +53,10 @@ def connect(
         conn = psycopg.connect(conninfo, autocommit=autocommit, application_name=application_name)
     except psycopg.OperationalError as e:
         where = _describe_target(conninfo)
-        raise ConnectionFailed(f"cannot connect to {where}: {_first_line(str(e))}") from e
+        hint = ""
+        if not conninfo and not any(os.environ.get(name) for name in _PG_TARGET_VARIABLES):
+            hint = f" — {_NO_DSN_HINT}"
+        raise ConnectionFailed(f"cannot connect to {where}: {_first_line(str(e))}{hint}") from e
     conn.execute("select pg_catalog.set_config('search_path', %s, false)", (SAFE_SEARCH_PATH,))
     if not autocommit:
         conn.commit()
@@ -79,9 +91,11 @@ def _describe_target(conninfo: str) -> str:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         return "the database"
-    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or os.environ.get("PGHOSTADDR")
     port = params.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default database)"
+    if not host:  # libpq then uses its Unix-domain socket, not TCP
+        return f"database {dbname} on the local socket, port {port}"
     return f"database {dbname} on {host}:{port}"
 
 
@@ -136,7 +150,9 @@ def describe_error(e: psycopg.Error) -> AuditDBError:
     message = diag.message_primary or _first_line(str(e))
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         hint = f" ({diag.message_hint})" if diag.message_hint else ""
-        return PermissionDenied(f"permission denied: {message}{hint}")
+        # PostgreSQL's own messages already say so ("permission denied for table x").
+        prefix = "" if message.lower().startswith("permission denied") else "permission denied: "
+        return PermissionDenied(f"{prefix}{message}{hint}")
     text = message
     if diag.message_hint:
         text += f" — {diag.message_hint}"
