@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
+from auditdb.db import api_call
 from auditdb.errors import AuditDBError
 
 __all__ = ["CONTEXT_BOUNDS", "FIELDS", "context", "current_context", "set_context"]
@@ -39,11 +41,14 @@ CONTEXT_BOUNDS = {
     "request_id": 256,
 }
 
-_SET_CONTEXT = psycopg.sql.SQL("select auditdb.set_context({})").format(
+# "select from": one row of no column, so there is nothing to load, whatever the caller registered.
+_SET_CONTEXT = psycopg.sql.SQL("select from auditdb.set_context({})").format(
     psycopg.sql.SQL(", ").join(
         psycopg.sql.SQL("{} => {}").format(psycopg.sql.Identifier(f), psycopg.sql.Placeholder(f)) for f in FIELDS
     )
 )
+# As text, parsed here: frameworks register jsonb loaders of their own (Django's returns text).
+_CURRENT_CONTEXT = psycopg.sql.SQL("select auditdb.current_context()::pg_catalog.text")
 
 
 def _normalise(fields: dict[str, Any]) -> dict[str, str | None]:
@@ -62,24 +67,56 @@ def _normalise(fields: dict[str, Any]) -> dict[str, str | None]:
     return values
 
 
+def _transaction_status(conn: psycopg.Connection[Any]) -> pq.TransactionStatus:
+    """The connection's transaction status, known even in pipeline mode.
+
+    With statements queued in a pipeline libpq reports ACTIVE, in a transaction or not: only
+    a sync tells. Outside pipeline mode this costs nothing.
+    """
+    status = conn.info.transaction_status
+    if status == pq.TransactionStatus.ACTIVE and conn.info.pipeline_status != pq.PipelineStatus.OFF:
+        with conn.pipeline() as pipeline:
+            pipeline.sync()
+        status = conn.info.transaction_status
+    return status
+
+
+def _require_transaction(conn: psycopg.Connection[Any], what: str) -> None:
+    # Without autocommit psycopg opens a transaction with the next statement, which holds the context.
+    if conn.autocommit and _transaction_status(conn) == pq.TransactionStatus.IDLE:
+        raise AuditDBError(
+            f"{what} needs a transaction: on an autocommit connection outside one the context would "
+            "vanish with the statement that sets it; call it inside `with conn.transaction():` "
+            "(Django: `with transaction.atomic():`)"
+        )
+
+
 def set_context(conn: psycopg.Connection[Any], **fields: Any) -> None:
     """Set the whole context for the rest of the current transaction (unset fields become NULL).
 
-    >>> auditdb.set_context(conn, actor_id="u42", ip="203.0.113.7")
+    Refused on an autocommit connection outside a transaction (Django's default outside
+    atomic()), where the setting would end with its own statement.
+
+    >>> with conn.transaction():
+    ...     auditdb.set_context(conn, actor_id="u42", ip="203.0.113.7")
     """
     values = _normalise(fields)
+    _require_transaction(conn, "auditdb.set_context")
+    _set(conn, values)
+
+
+def _set(conn: psycopg.Connection[Any], values: dict[str, str | None]) -> None:
     try:
-        conn.execute(_SET_CONTEXT, values)
+        api_call(conn, "auditdb.set_context", _SET_CONTEXT, values)
     except psycopg.errors.InvalidParameterValue as e:
         raise AuditDBError(e.diag.message_primary or str(e)) from e
 
 
 def current_context(conn: psycopg.Connection[Any]) -> dict[str, str | None]:
     """The context in force in the current transaction, every field present."""
-    row = conn.execute("select auditdb.current_context()").fetchone()
-    assert row is not None
-    data: dict[str, str | None] = dict(row[0])
-    return data
+    (text,) = api_call(conn, "auditdb.current_context", _CURRENT_CONTEXT, {})
+    data = json.loads(text)
+    return {name: None if data.get(name) is None else str(data[name]) for name in FIELDS}
 
 
 @contextmanager
@@ -88,22 +125,25 @@ def context(conn: psycopg.Connection[Any], **fields: Any) -> Iterator[None]:
 
     The context is transaction-local: it never outlives the transaction. On leaving the block
     the previous context of the transaction is restored, so statements after it are not
-    attributed to this actor.
+    attributed to this actor. Refused on an autocommit connection outside a transaction.
 
     >>> with conn.transaction(), auditdb.context(conn, actor_id="u42", ip="203.0.113.7"):
     ...     conn.execute("update test_cases set name = %s where id = %s", ("Login works", 7))
     """
     values = _normalise(fields)
-    status = conn.info.transaction_status
-    if conn.autocommit and status == pq.TransactionStatus.IDLE:
-        raise AuditDBError(
-            "auditdb.context needs a transaction on an autocommit connection: "
-            "use `with conn.transaction(), auditdb.context(conn, ...)`"
-        )
+    _require_transaction(conn, "auditdb.context")
     previous = current_context(conn)
-    set_context(conn, **values)
+    _set(conn, values)
     try:
         yield
-    finally:
-        if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.INTRANS:
-            set_context(conn, **previous)
+    except BaseException:
+        # The block's own error is the one to see; a transaction it left failed has no context.
+        with suppress(psycopg.Error, AuditDBError):
+            _restore(conn, previous)
+        raise
+    _restore(conn, previous)
+
+
+def _restore(conn: psycopg.Connection[Any], previous: dict[str, str | None]) -> None:
+    if not conn.closed and _transaction_status(conn) == pq.TransactionStatus.INTRANS:
+        _set(conn, previous)

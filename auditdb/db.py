@@ -9,10 +9,22 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.postgres import types as pg_types
+from psycopg.rows import tuple_row
+from psycopg.types.string import StrDumper, TextLoader
 
 from auditdb.errors import AuditDBError, ConnectionFailed, NotInstalledError, PermissionDenied
 
-__all__ = ["SAFE_SEARCH_PATH", "connect", "describe_error", "pinned", "require_installed", "resolve_dsn"]
+__all__ = [
+    "SAFE_SEARCH_PATH",
+    "api_call",
+    "connect",
+    "describe_error",
+    "pinned",
+    "require_installed",
+    "resolve_dsn",
+]
 
 # Every query auditdb runs resolves names in PostgreSQL's own catalog only: an object someone
 # created in public (a function, an operator, an aggregate that better matches an argument type)
@@ -22,6 +34,15 @@ SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
 # SQLAlchemy-style URLs ("postgresql+psycopg://") are common in DATABASE_URL; libpq wants the
 # plain scheme.
 _DRIVER_SCHEME = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
+
+
+# The libpq variables that name a server, a database or a login (PGPASSWORD alone names none).
+_PG_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+_NO_DSN_HINT = (
+    "no database was named: pass --dsn, or set AUDITDB_DSN, DATABASE_URL or libpq's PG* variables "
+    "(PGHOST, PGDATABASE, …)"
+)
 
 
 def resolve_dsn(dsn: str | None = None) -> str:
@@ -44,7 +65,10 @@ def connect(
         conn = psycopg.connect(conninfo, autocommit=autocommit, application_name=application_name)
     except psycopg.OperationalError as e:
         where = _describe_target(conninfo)
-        raise ConnectionFailed(f"cannot connect to {where}: {_first_line(str(e))}") from e
+        hint = ""
+        if not conninfo and not any(os.environ.get(name) for name in _PG_TARGET_VARIABLES):
+            hint = f" — {_NO_DSN_HINT}"
+        raise ConnectionFailed(f"cannot connect to {where}: {_first_line(str(e))}{hint}") from e
     conn.execute("select pg_catalog.set_config('search_path', %s, false)", (SAFE_SEARCH_PATH,))
     if not autocommit:
         conn.commit()
@@ -79,9 +103,11 @@ def _describe_target(conninfo: str) -> str:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         return "the database"
-    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or os.environ.get("PGHOSTADDR")
     port = params.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default database)"
+    if not host:  # libpq then uses its Unix-domain socket, not TCP
+        return f"database {dbname} on the local socket, port {port}"
     return f"database {dbname} on {host}:{port}"
 
 
@@ -136,8 +162,65 @@ def describe_error(e: psycopg.Error) -> AuditDBError:
     message = diag.message_primary or _first_line(str(e))
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         hint = f" ({diag.message_hint})" if diag.message_hint else ""
-        return PermissionDenied(f"permission denied: {message}{hint}")
+        # PostgreSQL's own messages already say so ("permission denied for table x").
+        prefix = "" if message.lower().startswith("permission denied") else "permission denied: "
+        return PermissionDenied(f"{prefix}{message}{hint}")
     text = message
     if diag.message_hint:
         text += f" — {diag.message_hint}"
     return AuditDBError(text)
+
+
+_TEXT_OID = pg_types["text"].oid
+
+
+def api_call(
+    conn: psycopg.Connection[Any], function: str, query: sql.SQL | sql.Composed, params: dict[str, str | None]
+) -> tuple[Any, ...]:
+    """Run one statement of the Python API on the caller's connection; returns its one row.
+
+    Whatever the caller configured on the connection is left out and left alone: frameworks
+    set their own row factory, cursor class (Django: client-side binding; RawCursor: $1
+    placeholders) and loaders (Django loads json, jsonb and inet as text). So the statement
+    runs on a plain cursor with tuple rows whose adapters (a copy of the connection's) load
+    text and dump str as psycopg does by default; every value auditdb exchanges is text.
+    A database without auditdb, or a role without auditdb_writer, is auditdb's error, not
+    psycopg's; the failed statement has aborted the caller's transaction, as any error does.
+    """
+    with psycopg.Cursor(conn, row_factory=tuple_row) as cur:
+        cur.adapters.register_dumper(str, StrDumper)
+        cur.adapters.register_loader(_TEXT_OID, TextLoader)
+        try:
+            cur.execute(query, params)
+            # Fetched even when nothing is wanted: in pipeline mode that is what makes an
+            # error surface here rather than at the caller's next statement.
+            row = cur.fetchone()
+        except (
+            psycopg.errors.InvalidSchemaName,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.InsufficientPrivilege,
+        ) as e:
+            translated = _api_error(e, conn, function)
+            if translated is None:
+                raise
+            raise translated from e
+    assert row is not None
+    return row
+
+
+def _api_error(e: psycopg.Error, conn: psycopg.Connection[Any], function: str) -> AuditDBError | None:
+    if e.diag.context:  # raised inside auditdb's function: its own message says what is wrong
+        return None
+    dbname = conn.info.dbname
+    if isinstance(e, psycopg.errors.InvalidSchemaName):
+        return NotInstalledError(f"auditdb is not installed in database {dbname}: run `auditdb install`")
+    if isinstance(e, psycopg.errors.UndefinedFunction):
+        return NotInstalledError(
+            f"auditdb is not installed in database {dbname} ({function} is missing or another release's): "
+            "run `auditdb install`"
+        )
+    user = conn.info.user
+    return PermissionDenied(
+        f"permission denied: role {user} may not call {function}; the application's role needs auditdb_writer "
+        f"(an administrator runs: auditdb grant {user} --writer)"
+    )

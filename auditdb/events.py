@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg import sql
 
 from auditdb.context import FIELDS, set_context
-from auditdb.db import connect
+from auditdb.db import api_call, connect
 from auditdb.errors import AuditDBError
 
 __all__ = ["EventSender", "emit"]
 
 ACTION_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
-_EMIT = "select auditdb.emit(%s, %s, %s, %s, %s)"
+# Everything crosses as text (serialised and parsed here), so the loaders and JSON dumpers a
+# framework registered on the connection play no part; the casts name pg_catalog's types, whatever
+# the caller's search_path.
+_EMIT = sql.SQL(
+    "select auditdb.emit(%(action)s, %(entity_type)s, %(entity_id)s, %(entity_name)s,"
+    " %(metadata)s::pg_catalog.jsonb)::pg_catalog.text"
+)
 
 
 def emit(
@@ -41,12 +48,21 @@ def emit(
         raise AuditDBError(f"event action {action!r} must match ^[A-Z][A-Z0-9_]*$ (e.g. LOGIN_FAILED)")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise AuditDBError("event metadata must be a mapping (a JSON object)")
-    row = conn.execute(
-        _EMIT,
-        (action, entity_type, None if entity_id is None else str(entity_id), entity_name, Jsonb(dict(metadata or {}))),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    try:
+        document = json.dumps(dict(metadata or {}), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise AuditDBError(f"event metadata is not JSON: {e}") from e
+    params = {
+        "action": action,
+        # As str whatever was passed: an int would reach the server as another type and find
+        # no auditdb.emit to call.
+        "entity_type": None if entity_type is None else str(entity_type),
+        "entity_id": None if entity_id is None else str(entity_id),
+        "entity_name": None if entity_name is None else str(entity_name),
+        "metadata": document,
+    }
+    (queue_id,) = api_call(conn, "auditdb.emit", _EMIT, params)
+    return int(queue_id)
 
 
 class EventSender:
