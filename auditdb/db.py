@@ -140,8 +140,8 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
             conn.rollback()
         user = conn.info.user
         raise PermissionDenied(
-            f"permission denied: role {user} has none of auditdb's roles; reading the log needs auditdb_admin or "
-            f"auditdb_viewer (an administrator runs: auditdb grant {user} --admin | --viewer --tenant T)"
+            f"permission denied: role {user} has none of auditdb's roles here (an administrator runs "
+            f"auditdb grant {user} --admin to read and manage, or --viewer --tenant T to read a tenant's entries)"
         ) from e
     version = str(version_row[0]) if version_row else ""
     if version != HEAD_REVISION:
