@@ -252,25 +252,43 @@ def partitions_prune(ctx: click.Context, older_than: int, export_dir: Path | Non
 
 @cli.command(name="apply")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option(
+    "--remove",
+    is_flag=True,
+    help="Also remove the capture of tables captured but no longer in the config (without it, apply names them "
+    "and leaves them captured).",
+)
 @click.pass_context
-def apply_cmd(ctx: click.Context, dry_run: bool) -> None:
-    """Make the database's capture triggers match auditdb.toml: add, update, remove.
+def apply_cmd(ctx: click.Context, dry_run: bool, remove: bool) -> None:
+    """Make the database's capture triggers match auditdb.toml: add and update; remove with --remove.
 
     Everything happens in one transaction. Each tracked table gets a generated capture
-    function and statement-level triggers (on its partitions too), enabled ALWAYS.
+    function and statement-level triggers (on its partitions too), enabled ALWAYS. A table
+    captured but no longer configured keeps its capture unless --remove is given: apply names it
+    (on stderr) and exits 0. Settings that name a column the table lacks, a mask glob of a
+    table's own that matches none of its columns, and tables auditdb cannot track are refused,
+    changing nothing. Needs a superuser.
     """
     from auditdb.config import load_config
-    from auditdb.triggers import apply
+    from auditdb.triggers import apply, require_superuser
 
     config = load_config(ctx.obj["config_path"])
-    with _connection(ctx) as conn:
-        result = apply(conn, config, dry_run=dry_run)
+    with _connection(ctx, installed=False) as conn:
+        require_superuser(conn)  # before anything else, so a plain role hears what it lacks
+        db.require_installed(conn)
+        result = apply(conn, config, dry_run=dry_run, remove=remove)
+    for line in result.warnings:
+        click.echo(f"warning: {safe(line)}", err=True)
+    for line in result.notes:
+        click.echo(f"note: {safe(line)}", err=True)
+    for name in result.kept:
+        click.echo(f"would remove {safe(name)}: run apply --remove to remove its capture", err=True)
     if dry_run:
         click.echo(result.sql if result.sql else "-- nothing to do: the database matches the config")
         return
     for verb, names in (("added", result.added), ("updated", result.replaced), ("removed", result.removed)):
         for name in names:
-            click.echo(f"{verb} {name}")
+            click.echo(f"{verb} {safe(name)}")
     if not (result.added or result.replaced or result.removed):
         click.echo(f"nothing to do: {len(result.unchanged)} table(s) match the config")
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["BUILTIN", "Column", "read_columns"]
+__all__ = ["BUILTIN", "Column", "column_names", "read_columns"]
 
 BUILTIN = "builtin"
 TEXT = "text"
@@ -131,6 +131,16 @@ def read_columns(conn: psycopg.Connection[Any], oid: int) -> list[Column]:
             )
         )
     return columns
+
+
+def column_names(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    """Every column's name, those capture cannot read included (a mask glob written for one is no slip)."""
+    rows = conn.execute(
+        """select a.attname from pg_catalog.pg_attribute a
+            where a.attrelid = %s::oid and a.attnum > 0 and not a.attisdropped order by a.attnum""",
+        (oid,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def _has_equality(conn: psycopg.Connection[Any], base_type: str) -> bool:

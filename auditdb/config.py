@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,16 @@ __all__ = [
     "Defaults",
     "Rule",
     "TableConfig",
+    "check_columns",
+    "defaults_slips",
+    "did_you_mean",
     "glob_regex",
     "load_config",
     "matches",
     "parse_config",
     "split_qualified",
+    "unknown_column",
+    "untrackable",
 ]
 
 ACTION_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -68,6 +75,13 @@ class TableConfig:
     mask_last4: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     tenant: str | None = None
+    # The table's own globs, and whether its tenant column came from [defaults]: a slip in the
+    # table's own settings is refused; [defaults] serve many tables (and events), so there a column
+    # some table lacks is reported, not refused.
+    own_mask: tuple[str, ...] = ()
+    own_mask_last4: tuple[str, ...] = ()
+    own_ignore: tuple[str, ...] = ()
+    tenant_from_defaults: bool = False
 
     @property
     def qualified(self) -> str:
@@ -211,6 +225,9 @@ def parse_config(data: dict[str, Any], source: str = "auditdb.toml") -> Config:
         entity_type = raw.get("entity_type", _camel(table))
         entity_type = _string(entity_type, f"{where}.entity_type")
         ident = raw.get("id")
+        own_mask = _strings(raw.get("mask", []), f"{where}.mask")
+        own_mask_last4 = _strings(raw.get("mask_last4", []), f"{where}.mask_last4")
+        own_ignore = _strings(raw.get("ignore", []), f"{where}.ignore")
         tables.append(
             TableConfig(
                 schema=schema,
@@ -223,13 +240,125 @@ def parse_config(data: dict[str, Any], source: str = "auditdb.toml") -> Config:
                 project=_string(raw["project"], f"{where}.project") if "project" in raw else None,
                 soft_delete=_string(raw["soft_delete"], f"{where}.soft_delete") if "soft_delete" in raw else None,
                 rules=_rules(raw.get("rules", []), f"{where}.rules"),
-                mask=defaults.mask + _strings(raw.get("mask", []), f"{where}.mask"),
-                mask_last4=defaults.mask_last4 + _strings(raw.get("mask_last4", []), f"{where}.mask_last4"),
-                ignore=defaults.ignore + _strings(raw.get("ignore", []), f"{where}.ignore"),
+                mask=defaults.mask + own_mask,
+                mask_last4=defaults.mask_last4 + own_mask_last4,
+                ignore=defaults.ignore + own_ignore,
                 tenant=_string(raw["tenant"], f"{where}.tenant") if "tenant" in raw else defaults.tenant,
+                own_mask=own_mask,
+                own_mask_last4=own_mask_last4,
+                own_ignore=own_ignore,
+                tenant_from_defaults="tenant" not in raw and defaults.tenant is not None,
             )
         )
     return Config(defaults=defaults, tables=tuple(tables), source=source)
+
+
+# Schemas whose tables are never tracked, and why (pg_temp* and pg_toast* are handled by prefix).
+_SYSTEM_SCHEMAS = {
+    "auditdb": "it is in schema auditdb, auditdb's own (its guards protect it; capturing the log would "
+    "log every entry it writes)",
+    "pg_catalog": "it is in pg_catalog, PostgreSQL's system catalog",
+    "information_schema": "it is in information_schema, PostgreSQL's system catalog",
+}
+
+
+def untrackable(cfg: TableConfig) -> str | None:
+    """Why a table's schema alone rules it out (auditdb's own, PostgreSQL's, a session's temporary one)."""
+    why = _SYSTEM_SCHEMAS.get(cfg.schema)
+    if why is None and cfg.schema.startswith(("pg_temp", "pg_toast_temp")):
+        why = "it is a temporary table (it lives only as long as its session)"
+    elif why is None and cfg.schema.startswith("pg_"):
+        why = f"it is in {cfg.schema}, one of PostgreSQL's own schemas"
+    return why
+
+
+def _shown(name: str) -> str:
+    return name if name.isprintable() else repr(name)
+
+
+def did_you_mean(word: str, names: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a column is close to a name or glob, else ''.
+
+    A glob that matches a column ignoring case is close; else the glob without its wildcards is
+    compared with each column and each `_`-separated part of one ('pasword' → 'password_hash').
+    """
+    names = list(names)
+    close = [n for n in names if re.fullmatch(glob_regex(word), n, re.DOTALL | re.IGNORECASE)]
+    core = re.sub(r"[*?]", "", word)
+    # Whole names as written first; then folded, and each part (the first column owning a part wins).
+    folded = {part: n for n in reversed(names) for part in (n.lower(), *n.lower().split("_")) if part}
+    for text, candidates in ((core, {n: n for n in names}), (core.lower(), folded)):
+        if not close:
+            close = [candidates[m] for m in difflib.get_close_matches(text, list(candidates), n=1, cutoff=0.8)]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_column(table: str, key: str, column: str, names: Sequence[str]) -> ConfigError:
+    """The one-line refusal of a setting naming a column the table does not have."""
+    hint = did_you_mean(column, names) or f" (columns: {', '.join(_shown(n) for n in names)})"
+    return ConfigError(f"{table}: {key} names unknown column {column!r}{hint}")
+
+
+def check_columns(cfg: TableConfig, columns: Sequence[str], every: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Refuse the table's own settings that name no column; return (notes, warnings) for the rest.
+
+    columns are the captured columns, every also those capture cannot read (virtual generated).
+    A mask glob that matches nothing fails open: the column it was written for is logged in clear,
+    in a log nothing can be removed from, so the table's own are refused. An ignore glob that
+    matches nothing only logs more: a warning. A [defaults] tenant column the table lacks means
+    the tenant comes from the session context, which apply and status say for the table.
+    """
+    for key, globs in (("mask", cfg.own_mask), ("mask_last4", cfg.own_mask_last4)):
+        for glob in globs:
+            if not any(matches(n, (glob,)) for n in every):
+                raise ConfigError(
+                    f"{cfg.qualified}: {key} glob {glob!r} matches no column, so it would mask nothing"
+                    f"{did_you_mean(glob, every)}: correct or remove it"
+                )
+    warnings = [
+        f"{cfg.qualified}: ignore glob {glob!r} matches no column, so it ignores nothing{did_you_mean(glob, every)}"
+        for glob in cfg.own_ignore
+        if not any(matches(n, (glob,)) for n in every)
+    ]
+    for column in every:
+        if matches(column, cfg.mask + cfg.mask_last4):
+            continue
+        for glob in cfg.mask + cfg.mask_last4:
+            if re.fullmatch(glob_regex(glob), column, re.DOTALL | re.IGNORECASE):
+                warnings.append(
+                    f"{cfg.qualified}: column {column!r} is not masked: mask glob {glob!r} matches it only "
+                    "ignoring case (globs are case-sensitive)"
+                )
+                break
+    notes = []
+    if cfg.tenant is not None and cfg.tenant not in columns:
+        if not cfg.tenant_from_defaults:
+            raise unknown_column(cfg.qualified, "tenant", cfg.tenant, columns)
+        notes.append(f"tenant from the session context: no column {cfg.tenant!r} ([defaults] tenant)")
+    return notes, warnings
+
+
+def defaults_slips(config: Config, columns: Iterable[str]) -> list[str]:
+    """Warnings for [defaults] globs that match no column of any tracked table (columns: all of theirs).
+
+    Only warnings: a [defaults] mask also masks the keys of emitted events' metadata, and may be
+    written for tables yet to come.
+    """
+    if not config.tables:
+        return []
+    every = sorted(set(columns))
+    d = config.defaults
+    events = " (it still masks those keys in events' metadata)"
+    return [
+        f"[defaults] {key} glob {glob!r} matches no column of any tracked table{did_you_mean(glob, every)}{extra}"
+        for key, globs, extra in (
+            ("mask", d.mask, events),
+            ("mask_last4", d.mask_last4, events),
+            ("ignore", d.ignore, ""),
+        )
+        for glob in globs
+        if not any(matches(n, (glob,)) for n in every)
+    ]
 
 
 def load_config(path: Path) -> Config:

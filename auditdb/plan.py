@@ -16,8 +16,17 @@ import pglast
 import psycopg
 from psycopg import sql
 
-from auditdb.columns import BUILTIN, Column, read_columns
-from auditdb.config import Config, Defaults, TableConfig, glob_regex, matches
+from auditdb.columns import BUILTIN, Column, column_names, read_columns
+from auditdb.config import (
+    Config,
+    Defaults,
+    TableConfig,
+    check_columns,
+    glob_regex,
+    matches,
+    unknown_column,
+    untrackable,
+)
 from auditdb.context import CONTEXT_BOUNDS
 from auditdb.errors import AuditDBError, ConfigError, NotAuditableError
 from auditdb.expressions import Expression
@@ -60,6 +69,10 @@ class TablePlan:
     partition_oids: tuple[int, ...] = ()
     # schema.table as the server quotes it (format('%I.%I')): what entries and the registry record
     table_name: str = ""
+    # Every column's name (for the [defaults] checks), and what apply and status say of the table
+    every_column: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -91,18 +104,38 @@ def template(name: str) -> jinja2.Template:
     return _env.get_template(name)
 
 
+_RELKINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "c": "a composite type",
+    "i": "an index",
+    "I": "a partitioned index",
+    "t": "a TOAST table",
+}
+
+
 def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Defaults) -> TablePlan:
+    refused = untrackable(cfg)
+    if refused:
+        raise NotAuditableError(f"{cfg.qualified} cannot be tracked: {refused}")
     row = conn.execute(
-        """select c.oid, c.relkind, c.relispartition from pg_catalog.pg_class c
+        """select c.oid, c.relkind, c.relispartition, c.relpersistence from pg_catalog.pg_class c
              join pg_catalog.pg_namespace n on n.oid = c.relnamespace
             where n.nspname = %s and c.relname = %s""",
         (cfg.schema, cfg.table),
     ).fetchone()
     if row is None:
         raise ConfigError(f"table {cfg.qualified} does not exist")
-    oid, relkind, is_partition = row
+    oid, relkind, is_partition, persistence = row
     if relkind not in ("r", "p"):
-        raise NotAuditableError(f"{cfg.qualified} cannot be audited because it is not a table (relkind {relkind})")
+        kind = _RELKINDS.get(relkind, f"relkind {relkind}")
+        raise NotAuditableError(
+            f"{cfg.qualified} cannot be audited because it is {kind}, not a table: only tables can be tracked"
+        )
+    if persistence == "t":
+        raise NotAuditableError(f"{cfg.qualified} cannot be tracked: it is a temporary table")
     if is_partition:
         raise NotAuditableError(
             f"{cfg.qualified} is a partition: track its partitioned table instead (its partitions are captured with it)"
@@ -124,10 +157,12 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
     ]
     by_name = {c.name: c for c in columns}
     names = list(by_name)
+    every = column_names(conn, oid)
+    notes, warnings = check_columns(cfg, names, every)
 
     def known(column: str, what: str) -> str:
         if column not in by_name:
-            raise ConfigError(f"{cfg.qualified}: {what} names unknown column {column!r} (columns: {', '.join(names)})")
+            raise unknown_column(cfg.qualified, what, column, names)
         return column
 
     pk = conn.execute(
@@ -305,7 +340,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         resolved,
         [relid for _, _, relid in partitions],
     )
-    return replace(plan, table_name=table_name)
+    return replace(plan, table_name=table_name, every_column=tuple(every), notes=tuple(notes), warnings=tuple(warnings))
 
 
 def _stray_triggers(conn: psycopg.Connection[Any], function: str, relids: list[int]) -> dict[int, list[str]]:

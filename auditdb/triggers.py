@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 import psycopg
 
-from auditdb.config import Config, glob_regex
+from auditdb.config import Config, defaults_slips, glob_regex
 from auditdb.db import pinned
-from auditdb.errors import AuditDBError
+from auditdb.errors import AuditDBError, PermissionDenied
 from auditdb.names import CAPTURE_TRIGGERS, qualified
 from auditdb.plan import TablePlan, check_sql, ident, plan_tables, render_sql, resolve_table, template
 
-__all__ = ["ApplyResult", "State", "TablePlan", "TableStatus", "apply", "plan_tables", "render_sql", "status"]
+__all__ = [
+    "ApplyResult",
+    "State",
+    "TablePlan",
+    "TableStatus",
+    "apply",
+    "plan_tables",
+    "render_sql",
+    "require_superuser",
+    "status",
+]
 
 
 class State(Enum):
@@ -40,6 +50,12 @@ class ApplyResult:
     replaced: list[str]
     removed: list[str]
     unchanged: list[str]
+    # Captured but no longer configured, left captured (removing needs remove=True / --remove)
+    kept: list[str] = field(default_factory=list)
+    # Slips apply proceeds past (a [defaults] glob matching no column…), and per-table facts a
+    # user should know (a tenant taken from the session context)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _installed(conn: psycopg.Connection[Any]) -> dict[int, list[tuple[int, str, str, str | None]]]:
@@ -186,36 +202,59 @@ def _status(conn: psycopg.Connection[Any], config: Config | None) -> list[TableS
     plans, broken = _plans_or_states(conn, config) if config else ([], [])
     for plan in plans:
         configured.add(plan.oid)
-        result.append(_table_state(conn, plan, found.get(plan.oid, [])))
+        state = _table_state(conn, plan, found.get(plan.oid, []))
+        # Said for every state, so a table taking its tenant from the context is never silent.
+        result.append(replace(state, detail="; ".join(d for d in (state.detail, *plan.notes) if d)))
     result.extend(broken)
-    renamed = (
-        {int(r[0]) for r in conn.execute("select relid::oid from auditdb.tracked_tables").fetchall()}
-        if broken
-        else set()
-    )
+    registered = {int(r[0]) for r in conn.execute("select relid::oid from auditdb.tracked_tables").fetchall()}
+    renamed = registered if broken else set()
     pending = {
         int(r[0])
         for r in conn.execute("select inhrelid::oid from pg_catalog.pg_inherits where inhdetachpending").fetchall()
     }
-    for root in sorted(set(found) - configured):
+    for root in sorted((set(found) | registered) - configured):
         if root in renamed or root in pending:
             continue  # reported above, under its configured name or its table
-        result.append(TableStatus(_regclass(conn, root), State.NOT_IN_CONFIG, "captured but not configured"))
+        detail = (
+            "captured but not configured"
+            if root in found
+            else "registered but not configured (its capture triggers were dropped)"
+        )
+        result.append(TableStatus(_regclass(conn, root), State.NOT_IN_CONFIG, detail))
     return result
 
 
-def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = False) -> ApplyResult:
-    """Make the database's capture match the config, in one transaction."""
+def require_superuser(conn: psycopg.Connection[Any]) -> None:
+    """Refuse, before anything is read or changed, unless the session's role is a superuser."""
+    row = conn.execute("select pg_catalog.current_setting('is_superuser'), current_user").fetchone()
+    if row is None or row[0] != "on":
+        raise PermissionDenied(
+            "permission denied: `auditdb apply` needs a superuser (it creates triggers on your tables and "
+            f"capture functions owned by auditdb_capture); role {row[1] if row else '?'} is not one"
+        )
+
+
+def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = False, remove: bool = False) -> ApplyResult:
+    """Make the database's capture match the config, in one transaction.
+
+    A table captured (or registered) but no longer configured keeps its capture unless remove:
+    an empty or mistyped config never turns auditing off by itself. Its name is in `kept`.
+    """
+    require_superuser(conn)
     # Names in what follows resolve to PostgreSQL's own objects, never to ones planted elsewhere.
     with pinned(conn):
         conn.execute("select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.apply'))")
         plans = plan_tables(conn, config)
+        warnings = [w for p in plans for w in p.warnings]
+        warnings += defaults_slips(config, (c for p in plans for c in p.every_column))
+        notes = [f"{p.config.qualified}: {n}" for p in plans for n in p.notes]
         found = _installed(conn)
         statements: list[str] = []
         added: list[str] = []
         replaced: list[str] = []
         unchanged: list[str] = []
         removed: list[str] = []
+        kept: list[str] = []
         for plan in plans:
             state = _table_state(conn, plan, found.get(plan.oid, [])).state
             if state is State.INSTALLED:
@@ -227,12 +266,19 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
             statements.insert(0, REPAIR_EVENT_TRIGGERS)
             replaced.extend(name for name in EVENT_TRIGGERS)
         configured = {p.oid for p in plans}
-        for root in sorted(set(found) - configured):
-            statements.append(_uninstall_orphan(conn, root))
-            removed.append(_regclass(conn, root))
+        # A registered table whose triggers were dropped outside apply still counts: the watchers
+        # put them back at its next DDL, so forgetting it would end its capture too.
+        registered = {int(r[0]) for r in conn.execute("select relid::oid from auditdb.tracked_tables").fetchall()}
+        for root in sorted((set(found) | registered) - configured):
+            if remove:
+                statements.append(_uninstall_orphan(conn, root))
+                removed.append(_regclass(conn, root))
+            else:
+                kept.append(_regclass(conn, root))
         text = "\n".join(statements)
+        result = ApplyResult(text, added, replaced, removed, unchanged, kept, warnings, notes)
         if dry_run:
-            return ApplyResult(text, added, replaced, removed, unchanged)
+            return result
         # Mark the transaction as auditdb's own while it runs, so the event triggers do not log
         # each trigger it replaces; the whole apply is logged once below instead.
         conn.execute("select auditdb.begin_maintenance()")
@@ -242,7 +288,8 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
                 "select auditdb.log_audit_change('AuditConfig', 'apply', 'auditdb apply', null, %s)",
                 (json.dumps({"operation": "apply", "added": added, "updated": replaced, "removed": removed}),),
             )
-        conn.execute("delete from auditdb.tracked_tables where not (relid::oid = any(%s))", (list(configured),))
+        if remove:
+            conn.execute("delete from auditdb.tracked_tables where not (relid::oid = any(%s))", (list(configured),))
         defaults = config.defaults
         settings = {
             # Event metadata is masked with the same globs (auditdb.emit reads them from here).
@@ -283,7 +330,7 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
                 ),
             )
         conn.execute("select auditdb.end_maintenance()")
-    return ApplyResult(text, added, replaced, removed, unchanged)
+    return result
 
 
 def _regclass(conn: psycopg.Connection[Any], oid: int) -> str:
@@ -305,10 +352,13 @@ def _uninstall_orphan(conn: psycopg.Connection[Any], root: int) -> str:
         (root, root),
     ).fetchall()
     functions = conn.execute(
-        """select distinct p.proname from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid
+        """select p.proname from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid
             where t.tgname = any(%s) and coalesce(pg_catalog.pg_partition_root(t.tgrelid), t.tgrelid) = %s::oid
-              and p.pronamespace = 'auditdb'::regnamespace""",
-        (list(CAPTURE_TRIGGERS.values()), root),
+              and p.pronamespace = 'auditdb'::regnamespace
+           union  -- the registered one, whose triggers may have been dropped outside apply
+           select r.function_name from auditdb.tracked_tables r
+            where r.relid::oid = %s::oid and r.function_name like 'auditdb\\_capture\\_%%'""",
+        (list(CAPTURE_TRIGGERS.values()), root, root),
     ).fetchall()
     text = template("uncapture.sql.j2").render(
         targets=[str(t[0]) for t in targets],

@@ -98,7 +98,15 @@ def test_removed_tables_are_reported_then_uncaptured(conn: psycopg.Connection[An
     status = _cli(conn, project, "status")
     assert status.exit_code == 1
     assert "public.b  not in config" in status.output and "public.p  not in config" in status.output
-    result = _cli(conn, project, "apply")
+    kept = _cli(conn, project, "apply")  # removing capture needs --remove: without it, named and left
+    assert kept.exit_code == 0 and kept.stdout == "nothing to do: 1 table(s) match the config\n"
+    assert sorted(kept.stderr.splitlines()) == [
+        "would remove public.b: run apply --remove to remove its capture",
+        "would remove public.p: run apply --remove to remove its capture",
+    ]
+    assert _trigger_count(conn) == 4 * 4
+    assert scalar(conn, "select count(*) from auditdb.tracked_tables") == 3
+    result = _cli(conn, project, "apply", "--remove")
     assert sorted(result.output.splitlines()) == ["removed public.b", "removed public.p"]
     assert _trigger_count(conn) == 4
     assert scalar(conn, "select count(*) from pg_proc where proname like 'auditdb\\_capture\\_%'") == 1

@@ -109,6 +109,27 @@ def test_bad_config_is_one_clear_error(text: str, message: str) -> None:
             "is a partition",
             NotAuditableError,
         ),
+        (
+            "create table t (a int primary key, password text)",
+            '[tables."public.t"]\nmask = ["pasword"]',
+            "public.t: mask glob 'pasword' matches no column, so it would mask nothing (did you mean 'password'?)",
+            ConfigError,
+        ),
+        (
+            "create table t (a int primary key, api_token text)",
+            '[tables."public.t"]\nmask_last4 = ["*tokn*"]',
+            "public.t: mask_last4 glob '*tokn*' matches no column",
+            ConfigError,
+        ),
+        (
+            "create table t (a int primary key, tenant_id text)",
+            '[defaults]\ntenant = "tenant_id"\n[tables."public.t"]\ntenant = "tenantid"',
+            "public.t: tenant names unknown column 'tenantid' (did you mean 'tenant_id'?)",
+            ConfigError,
+        ),
+        ("", '[tables."auditdb.log"]', "auditdb.log cannot be tracked: it is in schema auditdb", NotAuditableError),
+        ("", '[tables."pg_catalog.pg_class"]', "cannot be tracked: it is in pg_catalog", NotAuditableError),
+        ("create sequence t", '[tables."public.t"]', "it is a sequence, not a table", NotAuditableError),
     ],
 )
 def test_config_is_checked_against_the_database(
@@ -119,6 +140,15 @@ def test_config_is_checked_against_the_database(
     with pytest.raises(error) as caught:
         plan_tables(conn, _parse(toml))
     assert message in str(caught.value)
+
+
+def test_table_without_the_default_tenant_column_takes_it_from_the_context(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("create table t (a int primary key, body text); create table u (a int primary key, tenant_id text)")
+    plans = plan_tables(conn, _parse('[defaults]\ntenant = "tenant_id"\n[tables."public.t"]\n[tables."public.u"]'))
+    assert [(p.config.table, p.notes, p.resolved["tenant"]) for p in plans] == [
+        ("t", ("tenant from the session context: no column 'tenant_id' ([defaults] tenant)",), None),
+        ("u", (), [2, "tenant_id"]),
+    ]
 
 
 def test_cli_reports_config_errors_in_one_line(dsn: str, tmp_path: Path) -> None:
