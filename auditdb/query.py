@@ -38,23 +38,41 @@ COLUMNS = (
 )
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_YEAR = re.compile(r"^[+-]?(\d+)-")
+_RANGE = "a time must fall in the years 1 to 9999 (UTC)"
+
+
+def _shown(text: str) -> str:
+    """The value as an error message quotes it: escaped, and short."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """`7d`, `12h`, `30m` (ago), an ISO date (midnight UTC) or an ISO date-time (UTC unless it says)."""
+    """`7d`, `12h`, `30m` (ago), an ISO date (midnight UTC) or an ISO date-time (UTC unless it says).
+
+    A time Python cannot hold (`999999d` ago, year 0 or 10000, an offset pushing year 1 before
+    it) is refused with one line, never an OverflowError.
+    """
     value = text.strip()
     match = _RELATIVE.match(value)
-    if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    year = _YEAR.match(value)
+    if (match and len(match.group(1)) > 9) or (year and not 1 <= int(year.group(1)[:6]) <= 9999):
+        raise AuditDBError(f"{_shown(text)} is out of range: {_RANGE}")
     try:
+        if match:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
             return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed.astimezone(UTC)  # in range in UTC too (0001-01-01T00:00+01:00 is not)
+    except OverflowError:
+        raise AuditDBError(f"{_shown(text)} is out of range: {_RANGE}") from None
     except ValueError:
         raise AuditDBError(
-            f"{text!r} is not a time: use an ISO date (2026-11-01), date-time (2026-11-01T08:00) or 30m/12h/7d/2w"
+            f"{_shown(text)} is not a time: use an ISO date (2026-11-01), date-time (2026-11-01T08:00) or 30m/12h/7d/2w"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 @dataclass(frozen=True)
