@@ -82,14 +82,13 @@ def _reader_error(e: psycopg.Error, conn_user: str) -> AuditDBError:
 def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, **kwargs: Any) -> None:
     """Show entries, newest first, filtered; --before-id pages on.
 
-    `table` fits 100 columns; `json` is one array of objects keyed by auditdb.log's columns;
-    `csv` has the same header and columns as `export`. Stored control characters and escape
+    `table` fits 100 columns; `json` is one array of objects keyed by auditdb.log's columns,
+    values as stored; `csv` has the same header and columns as `export`. Stored control characters and escape
     sequences are shown escaped, never raw.
     """
     import csv as csvmod
-    import json
 
-    from auditdb.export import CSV_HEADER, csv_lines, json_ready
+    from auditdb.export import CSV_HEADER, csv_lines, entries_json
     from auditdb.query import fetch
 
     filters = _filters(kwargs)
@@ -102,7 +101,9 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
     if fmt == "json":
-        click.echo(json.dumps([json_ready(r) for r in rows], ensure_ascii=True, indent=1, default=str))
+        for piece in entries_json(rows):
+            click.echo(piece, nl=False)
+        click.echo()
     elif fmt == "csv":
         # The export's own rows (one layout), with control characters escaped as everywhere on a terminal.
         csvmod.writer(sys.stdout, lineterminator="\n").writerow(CSV_HEADER)
@@ -130,7 +131,10 @@ def _cut(text: str, width: int) -> str:
 @click.argument("entry_id", type=int)
 @click.pass_context
 def show(ctx: click.Context, entry_id: int) -> None:
-    """Show one entry in full, each change as `field: old → new` (masked values stay masked)."""
+    """Show one entry in full, each change as `field: old → new` (masked values stay masked).
+
+    Values print as stored (10.00 stays 10.00).
+    """
     from auditdb.query import COLUMNS, get_entry
     from auditdb.render import change_lines
 
@@ -146,9 +150,7 @@ def show(ctx: click.Context, entry_id: int) -> None:
         if key == "occurred_at":
             value = value.astimezone(UTC).isoformat()
         click.echo(f"{key:<12} {safe(str(value)) if value is not None else '-'}")
-    import json
-
-    click.echo(f"{'metadata':<12} {safe(json.dumps(entry['metadata'], ensure_ascii=False, sort_keys=True))}")
+    click.echo(f"{'metadata':<12} {safe(str(entry['metadata']))}")
     lines = change_lines(entry["changes"])
     click.echo("changes" + ("" if lines else "      -"))
     for line in lines:
@@ -161,7 +163,10 @@ def show(ctx: click.Context, entry_id: int) -> None:
 @click.option("--as-of", metavar="TIME", help="Print the entity's (masked) state at TIME, rebuilt from the log.")
 @click.pass_context
 def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | None) -> None:
-    """An entity's timeline, oldest first; --as-of rebuilds its state at a moment."""
+    """An entity's timeline, oldest first; --as-of rebuilds its state at a moment.
+
+    Values print as stored (10.00 stays 10.00).
+    """
     from auditdb.query import history as entity_history
     from auditdb.query import parse_time, state_at
     from auditdb.render import change_lines, value_text

@@ -6,8 +6,9 @@ import csv
 import io
 import json
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -16,9 +17,9 @@ import psycopg
 from psycopg import sql
 
 from auditdb.db import SAFE_SEARCH_PATH, pinned
-from auditdb.query import COLUMNS, Filters, where_clause
+from auditdb.query import COLUMNS, Filters, JsonText, where_clause
 
-__all__ = ["CSV_HEADER", "csv_lines", "export", "json_ready", "neutralise"]
+__all__ = ["CSV_HEADER", "csv_lines", "entries_json", "export", "neutralise"]
 
 CSV_HEADER = [
     "Timestamp",
@@ -46,12 +47,32 @@ def _utc(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def json_ready(entry: dict[str, Any]) -> dict[str, Any]:
-    """An entry with JSON-native values (UTC ISO time, IP as text)."""
-    out = dict(entry)
-    out["occurred_at"] = _utc(entry["occurred_at"])
-    out["ip"] = str(entry["ip"]) if entry["ip"] is not None else None
-    return out
+# Outside its strings JSON text is ASCII; inside, \uXXXX stands for any character.
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]+")
+
+
+def _ascii_json(value: Any) -> str:
+    if isinstance(value, JsonText):
+        return _NOT_ASCII.sub(lambda m: json.dumps(m.group(0))[1:-1], value.text)
+    if isinstance(value, datetime):
+        return json.dumps(_utc(value))
+    return json.dumps(value if value is None or isinstance(value, int | str) else str(value))
+
+
+def entries_json(entries: list[dict[str, Any]]) -> Iterator[str]:
+    """`log --format json`: one array of objects keyed by the log's columns, in pieces.
+
+    ASCII only (every other character as \\uXXXX, so nothing reaches a terminal raw); times in
+    UTC ISO-8601, the IP as text; changes and metadata exactly as the server printed them, so a
+    number shows every stored digit (10.00, not 10.0).
+    """
+    if not entries:
+        yield "[]"
+        return
+    for n, entry in enumerate(entries):
+        members = ",\n".join(f"  {json.dumps(c)}: {_ascii_json(entry[c])}" for c in COLUMNS)
+        yield ("[\n {\n" if n == 0 else ",\n {\n") + members + "\n }"
+    yield "\n]"
 
 
 _TIME = sql.SQL("""to_char(l.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""")

@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from auditdb.query import JsonText, split_changes
+
 __all__ = ["change_lines", "safe", "value_text"]
 
 # C0 and C1 controls (ESC among them) and DEL; tabs and newlines are escaped too, so one value
@@ -19,7 +21,15 @@ def safe(text: str) -> str:
 
 
 def value_text(value: Any) -> str:
-    """A JSON value from `changes` as one safe line: strings bare, the rest as JSON, null as ∅."""
+    """A value from `changes` as one safe line: strings bare, the rest as JSON, null as ∅.
+
+    JsonText (what the reading queries return) prints as the server spelled it, so numbers show
+    every stored digit and their scale (10.00, not 10.0).
+    """
+    if isinstance(value, JsonText):
+        if value.text == "null":
+            return "∅"
+        return safe(json.loads(value.text) if value.text.startswith('"') else value.text)
     if value is None:
         return "∅"
     if isinstance(value, str):
@@ -27,10 +37,14 @@ def value_text(value: Any) -> str:
     return safe(json.dumps(value, ensure_ascii=False, sort_keys=True))
 
 
-def change_lines(changes: dict[str, Any] | None) -> list[str]:
+def change_lines(changes: JsonText | dict[str, Any] | None) -> list[str]:
     """`field: old → new` lines for an entry's changes (creates show `→ new`, deletes `old →`)."""
+    split = split_changes(changes) if not isinstance(changes, dict) else changes
     lines = []
-    for field, change in sorted((changes or {}).items()):
+    for field, change in sorted(split.items()):
+        if not isinstance(change, dict):
+            lines.append(f"{safe(field)}: {value_text(change)}")
+            continue
         old = value_text(change["old"]) if "old" in change else ""
         new = value_text(change["new"]) if "new" in change else ""
         lines.append(f"{safe(field)}: {old} → {new}".replace(":  →", ": →"))
