@@ -202,8 +202,22 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
 
 @cli.command(name="export")
 @_filter_options
-@click.option("--output", "-o", required=True, metavar="FILE|-", help="Where to write (- for standard output).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    metavar="FILE|-",
+    help="Where to write (- for standard output). A regular file (a symlink's target) is replaced only once "
+    "complete; a device or FIFO is written in place.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="csv (the SPEC's columns, spreadsheet-safe) or jsonl (one object per entry, values as stored).",
+)
 @click.option(
     "--actor",
     envvar="AUDITDB_ACTOR",
@@ -214,11 +228,15 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
     """Stream matching entries to a file, newest first, with constant memory; log DATA_EXPORTED.
 
     csv: the SPEC's header and columns, UTC ISO-8601 times, cells a spreadsheet would run as
-    formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A failed
-    export leaves no file under the target name.
+    formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A regular file
+    is written under a temporary name beside it and renamed when complete (a failed export leaves
+    no file under the target name); devices, FIFOs and stdout are written in place. An export
+    that fails part-way is still logged, with complete false and the rows sent.
     """
     from auditdb.export import export
 
+    if not output:
+        raise click.BadParameter("an empty path: name a file, or - for standard output", param_hint="--output")
     filters = _filters(kwargs)
     show_progress = output != "-" and sys.stderr.isatty()
 
@@ -234,7 +252,7 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
     if show_progress:
         click.echo("", err=True)
     if output != "-":
-        click.echo(f"exported {rows} entries to {output} ({fmt}); logged as DATA_EXPORTED", err=True)
+        click.echo(f"exported {rows} entries to {safe(output)} ({fmt}); logged as DATA_EXPORTED", err=True)
 
 
 def _access_options(f: Any) -> Any:

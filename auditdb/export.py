@@ -5,18 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from auditdb.db import SAFE_SEARCH_PATH, pinned
+from auditdb.output import Target
 from auditdb.query import COLUMNS, Filters, JsonText, where_clause
 
 __all__ = ["CSV_HEADER", "csv_lines", "entries_json", "export", "neutralise"]
@@ -206,16 +204,15 @@ def export(
 
     COPY streams from the server, so memory stays flat however many rows: the server builds the
     finished cells (CSV) or the pieces of each line (JSONL), and Python only moves bytes, a
-    chunk of whole rows at a time. A file is written under a temporary name and renamed only
-    when complete: a failed export leaves nothing under the target name.
+    chunk of whole rows at a time. Where the bytes go is Target's business: a regular file is
+    written under a temporary name and renamed only when complete (a failed export leaves nothing
+    under the target name); a device, a FIFO or stdout is written in place. An export that fails
+    part-way is recorded with the rows sent; an OSError names `output`.
     """
     where, params = where_clause(filters)
     copy_sql = sql.SQL("copy ({}) to stdout {}").format(_select(conn, fmt, where), sql.SQL(_COPY_OPTIONS[fmt]))
     finish = _keep if fmt == "csv" else _join_jsonl
-    target = None if output == "-" else Path(output)
-    partial = None if target is None else target.with_name(f".{target.name}.partial")
-    out: IO[bytes]
-    out = sys.stdout.buffer if target is None else open(partial, "wb")  # type: ignore[arg-type]
+    out = Target(output)  # before the transaction: a FIFO waits here for its reader
     rows = 0
     failure: BaseException | None = None
     try:
@@ -244,7 +241,7 @@ def export(
                                     progress(count)
                         out.write(finish(chunk))
                         rows = cur.rowcount
-                    out.flush()
+                    out.finish()
             except (OSError, psycopg.Error, KeyboardInterrupt) as e:
                 failure = e
             email = actor if actor and "@" in actor else None
@@ -255,12 +252,7 @@ def export(
             )
         if failure is not None:
             raise failure
-        if target is not None:
-            out.close()
-            os.replace(partial, target)  # type: ignore[arg-type]
-    except BaseException:
-        if target is not None:
-            out.close()
-            partial.unlink(missing_ok=True)  # type: ignore[union-attr]
-        raise
+        out.place()
+    finally:
+        out.discard()
     return rows

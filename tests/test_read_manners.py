@@ -1,10 +1,15 @@
-"""Reading and exporting manners (issue 13): exact values, absurd times."""
+"""Reading and exporting manners (issue 13): export targets, exact values, absurd times."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +17,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from auditdb import export as export_module
 from auditdb.cli import cli
+from auditdb.export import export
+from auditdb.query import Filters
+from tests.fix_capture import audit_entries
 from tests.fix_worker import drain
 
 
@@ -27,6 +36,182 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def _seed(conn: psycopg.Connection[Any], count: int, *, action: str = "UPDATE") -> None:
+    """count entries of Doc 1 with 50-character values, written as auditdb's owner."""
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            """insert into auditdb.log (action, entity_type, entity_id, entity_name, actor_email, changes, metadata)
+               select %s, 'Doc', '1', repeat('n', 40), 'ann@example.com',
+                      jsonb_build_object('body', jsonb_build_object('old', repeat('x', 50), 'new', repeat('y', 50))),
+                      jsonb_build_object('g', g)
+                 from generate_series(1, %s) g""",
+            (action, count),
+        )
+
+
+def _exports(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return [e["metadata"] for e in audit_entries(conn, "action = 'DATA_EXPORTED'")]
+
+
+# ---------------------------------------------------------------------------------------------
+# export -o: devices, FIFOs, symlinks, regular files
+
+
+def _full_device(tmp_path: Path) -> Path:
+    """A character device that refuses every write with ENOSPC, which no test can destroy.
+
+    As root, a node of its own (1, 7, what /dev/full is) in tmp: a regression would replace that
+    node, never /dev/full. Anyone else uses /dev/full, which they cannot replace.
+    """
+    if os.geteuid() != 0:
+        return Path("/dev/full")
+    node = tmp_path / "full"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("cannot make a device node here, and /dev/full is not put at risk as root")
+    return node
+
+
+def test_export_to_a_full_device_names_it_and_leaves_it_a_device(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    device = _full_device(tmp_path)
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+    _seed(conn, 10)
+    try:
+        for fmt in ("csv", "jsonl"):
+            proc = _cli(dsn, "export", "--format", fmt, "-o", str(device))
+            assert proc.returncode == 1
+            assert _one_error_line(proc) == f"Error: No space left on device: {device}"
+            assert stat.S_ISCHR(os.lstat(device).st_mode), "the device was replaced"
+    finally:
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert not list(tmp_path.glob("*partial")) and not list(tmp_path.glob(".*partial"))
+    # Recorded as incomplete exports: nothing reached the device.
+    assert _exports(conn) == [
+        {"rows": 10, "format": "csv", "filters": {}, "complete": False, "rows_sent": 0},
+        {"rows": 11, "format": "jsonl", "filters": {}, "complete": False, "rows_sent": 0},
+    ]
+
+
+def _reader(path: Path, got: bytearray, *, stop_after: int | None = None) -> threading.Thread:
+    def read() -> None:
+        with open(path, "rb") as f:
+            while chunk := f.read(stop_after or 65536):
+                got.extend(chunk)
+                if stop_after:
+                    return
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_export_into_a_fifo_reaches_its_reader(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    _seed(conn, 3000)  # about 500 kB: many times a pipe's buffer
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = bytearray()
+    reader = _reader(fifo, got)
+    proc = _cli(dsn, "export", "--action", "UPDATE", "-o", str(fifo))
+    reader.join(30)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
+    regular = tmp_path / "regular.csv"
+    assert _cli(dsn, "export", "--action", "UPDATE", "-o", str(regular)).returncode == 0
+    assert bytes(got) == regular.read_bytes() and len(got) > 400_000
+    assert len(list(csv.reader(io.StringIO(got.decode())))) == 3001
+    assert [m["complete"] for m in _exports(conn)] == [True, True]
+
+
+def test_a_fifo_whose_reader_leaves_is_an_incomplete_export(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    _seed(conn, 3000)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = bytearray()
+    reader = _reader(fifo, got, stop_after=100)
+    proc = _cli(dsn, "export", "-o", str(fifo))
+    reader.join(30)
+    assert proc.returncode == 1
+    assert _one_error_line(proc) == f"Error: Broken pipe: {fifo}"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    [record] = _exports(conn)
+    assert record["complete"] is False and 0 <= record["rows_sent"] < 3000 and record["rows"] == 3000
+
+
+def test_export_through_a_symlink_writes_its_target(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    _seed(conn, 5)
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "real.csv"
+    real.write_text("old\n")
+    real.chmod(0o640)
+    link = tmp_path / "link.csv"
+    link.symlink_to("data/real.csv")  # relative, from another directory
+    proc = _cli(dsn, "export", "--action", "UPDATE", "-o", str(link))
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and os.readlink(link) == "data/real.csv"
+    rows = list(csv.reader(io.StringIO(real.read_text())))
+    assert len(rows) == 6 and rows[1][1] == "UPDATE"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640, "the target's mode is kept"
+    # A link to a file not there yet creates the file, and stays a link.
+    dangling = tmp_path / "new.csv"
+    dangling.symlink_to("data/later.csv")
+    assert _cli(dsn, "export", "--action", "UPDATE", "-o", str(dangling)).returncode == 0
+    assert dangling.is_symlink() and (tmp_path / "data" / "later.csv").read_text() == real.read_text()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "later.csv", "link.csv", "new.csv", "real.csv"]
+
+
+def test_a_regular_file_is_replaced_atomically_and_kept_on_failure(
+    conn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(conn, 300)
+    out = tmp_path / "a.csv"
+    out.write_text("old\n")
+    before = out.stat().st_ino
+    assert export(conn, Filters(actions=("UPDATE",)), str(out)) == 300
+    assert out.stat().st_ino != before, "a new file renamed onto the name, not the old one rewritten"
+    done = out.read_bytes()
+
+    # Interrupted after 100 rows were written to the temporary file: the previous export stays
+    # whole under the name, no partial file is left, and the attempt is recorded.
+    monkeypatch.setattr(export_module, "_CHUNK", 1)
+    monkeypatch.setattr(export_module, "_PROGRESS_EVERY", 100)
+
+    def interrupt(rows: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export(conn, Filters(actions=("UPDATE",)), str(out), progress=interrupt)
+    assert out.read_bytes() == done
+    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"]
+    assert _exports(conn)[-1] == {
+        "rows": 300,
+        "format": "csv",
+        "filters": {"actions": ["UPDATE"]},
+        "complete": False,
+        "rows_sent": 100,
+    }
+
+
+def test_unusable_targets_are_one_line_naming_them(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    cases = {
+        str(tmp_path): f"Error: Is a directory: {tmp_path}",
+        str(loop): f"Error: Too many levels of symbolic links: {loop}",
+        str(tmp_path / "none" / "x.csv"): f"Error: No such file or directory: {tmp_path / 'none' / 'x.csv'}",
+    }
+    for target, message in cases.items():
+        proc = _cli(dsn, "export", "-o", target)
+        assert proc.returncode == 1 and _one_error_line(proc) == message
+    assert _exports(conn) == [], "nothing was exported, so nothing is recorded"
 
 
 # ---------------------------------------------------------------------------------------------
