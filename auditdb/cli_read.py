@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
@@ -13,7 +17,8 @@ import psycopg
 from auditdb import db
 from auditdb.cli import _connection, cli
 from auditdb.errors import AuditDBError
-from auditdb.render import safe
+from auditdb.output import STDOUT, is_stdout
+from auditdb.render import change_lines, safe, value_text
 
 
 def _filter_options(f: Any) -> Any:
@@ -73,11 +78,43 @@ def _reader_error(e: psycopg.Error, conn_user: str) -> AuditDBError:
     return db.describe_error(e)
 
 
+@contextmanager
+def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
+    """Writing to stdout: a reader that went away (`| head`) ends the command quietly.
+
+    Exit status 141, what a shell reports for a program SIGPIPE ended, with no message and no
+    traceback (a failed export is recorded before this). Another write error names standard
+    output. Either way stdout is pointed at /dev/null, so what is still buffered cannot fail again
+    when Python exits. output: where an export writes (its errors name it).
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename not in (None, STDOUT, output) or not is_stdout(output):
+            raise
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no file descriptor (CliRunner): nothing buffered to lose
+            pass
+        if isinstance(e, BrokenPipeError):
+            ctx.exit(128 + signal.SIGPIPE)
+        raise OSError(e.errno, e.strerror, e.filename or STDOUT) from e
+
+
 @cli.command(name="log")
 @_filter_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
 @click.option("--before-id", type=int, metavar="ID", help="Page on: entries older than entry ID.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table for reading, json (one array) or csv (the export's layout) for machines.",
+)
 @click.pass_context
 def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, **kwargs: Any) -> None:
     """Show entries, newest first, filtered; --before-id pages on.
@@ -100,26 +137,27 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
                 rows = fetch(conn, filters, limit=limit, before_id=before_id)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
-    if fmt == "json":
-        for piece in entries_json(rows):
-            click.echo(piece, nl=False)
-        click.echo()
-    elif fmt == "csv":
-        # The export's own rows (one layout), with control characters escaped as everywhere on a terminal.
-        csvmod.writer(sys.stdout, lineterminator="\n").writerow(CSV_HEADER)
-        for line in lines:
-            click.echo(safe(line.removesuffix("\n")))
-    else:
-        click.echo(f"{'ID':>7} {'TIME (UTC)':<19} {'ACTION':<17} {'ENTITY':<22} {'NAME':<16} {'USER':<14}")
-        for r in rows:
-            entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
-            user = r["actor_email"] or r["actor_id"] or "-"
-            click.echo(
-                f"{r['id']:>7} {r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} {_cut(r['action'], 17):<17} "
-                f"{_cut(entity, 22):<22} {_cut(r['entity_name'] or '', 16):<16} {_cut(user, 14):<14}".rstrip()
-            )
-        if len(rows) == limit:
-            click.echo(f"(more: --before-id {rows[-1]['id']})", err=True)
+    with _printing(ctx):
+        if fmt == "json":
+            for piece in entries_json(rows):
+                click.echo(piece, nl=False)
+            click.echo()
+        elif fmt == "csv":
+            # The export's own rows (one layout), with control characters escaped as everywhere on a terminal.
+            csvmod.writer(sys.stdout, lineterminator="\n").writerow(CSV_HEADER)
+            for line in lines:
+                click.echo(safe(line.removesuffix("\n")))
+        else:
+            click.echo(f"{'ID':>7} {'TIME (UTC)':<19} {'ACTION':<17} {'ENTITY':<22} {'NAME':<16} {'USER':<14}")
+            for r in rows:
+                entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
+                user = r["actor_email"] or r["actor_id"] or "-"
+                click.echo(
+                    f"{r['id']:>7} {r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} {_cut(r['action'], 17):<17} "
+                    f"{_cut(entity, 22):<22} {_cut(r['entity_name'] or '', 16):<16} {_cut(user, 14):<14}".rstrip()
+                )
+            if len(rows) == limit:
+                click.echo(f"(more: --before-id {rows[-1]['id']})", err=True)
 
 
 def _cut(text: str, width: int) -> str:
@@ -136,7 +174,6 @@ def show(ctx: click.Context, entry_id: int) -> None:
     Values print as stored (10.00 stays 10.00).
     """
     from auditdb.query import COLUMNS, get_entry
-    from auditdb.render import change_lines
 
     with _connection(ctx) as conn:
         try:
@@ -145,16 +182,17 @@ def show(ctx: click.Context, entry_id: int) -> None:
             raise _reader_error(e, conn.info.user) from e
     if entry is None:
         raise AuditDBError(f"no entry {entry_id} (or not visible to this role)")
-    for key in (c for c in COLUMNS if c not in ("changes", "metadata")):
-        value = entry[key]
-        if key == "occurred_at":
-            value = value.astimezone(UTC).isoformat()
-        click.echo(f"{key:<12} {safe(str(value)) if value is not None else '-'}")
-    click.echo(f"{'metadata':<12} {safe(str(entry['metadata']))}")
-    lines = change_lines(entry["changes"])
-    click.echo("changes" + ("" if lines else "      -"))
-    for line in lines:
-        click.echo(f"  {line}")
+    with _printing(ctx):
+        for key in (c for c in COLUMNS if c not in ("changes", "metadata")):
+            value = entry[key]
+            if key == "occurred_at":
+                value = value.astimezone(UTC).isoformat()
+            click.echo(f"{key:<12} {safe(str(value)) if value is not None else '-'}")
+        click.echo(f"{'metadata':<12} {safe(str(entry['metadata']))}")
+        lines = change_lines(entry["changes"])
+        click.echo("changes" + ("" if lines else "      -"))
+        for line in lines:
+            click.echo(f"  {line}")
 
 
 @cli.command()
@@ -169,7 +207,6 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
     """
     from auditdb.query import history as entity_history
     from auditdb.query import parse_time, state_at
-    from auditdb.render import change_lines, value_text
 
     moment = None
     if as_of:
@@ -182,22 +219,23 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
             entries = entity_history(conn, entity_type, entity_id)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
-    if moment is not None:
-        state, note = state_at(entries, moment)
-        click.echo(f"{safe(entity_type)} {safe(entity_id)}: {note}")
-        for field, value in sorted((state or {}).items()):
-            click.echo(f"  {safe(field)}: {value_text(value)}")
-        if state is None and not entries:
-            ctx.exit(1)
-        return
-    if not entries:
+    if moment is None and not entries:
         raise AuditDBError(f"no entries for {entity_type} {entity_id} (or not visible to this role)")
-    for entry in entries:
-        who = entry["actor_email"] or entry["actor_id"] or "system"
-        when = entry["occurred_at"].astimezone(UTC)
-        click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {entry['action']}  by {safe(who)}")
-        for line in change_lines(entry["changes"]):
-            click.echo(f"    {line}")
+    with _printing(ctx):
+        if moment is not None:
+            state, note = state_at(entries, moment)
+            click.echo(f"{safe(entity_type)} {safe(entity_id)}: {note}")
+            for field, value in sorted((state or {}).items()):
+                click.echo(f"  {safe(field)}: {value_text(value)}")
+            if state is None and not entries:
+                ctx.exit(1)
+            return
+        for entry in entries:
+            who = entry["actor_email"] or entry["actor_id"] or "system"
+            when = entry["occurred_at"].astimezone(UTC)
+            click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {entry['action']}  by {safe(who)}")
+            for line in change_lines(entry["changes"]):
+                click.echo(f"    {line}")
 
 
 @cli.command(name="export")
@@ -238,20 +276,20 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
     if not output:
         raise click.BadParameter("an empty path: name a file, or - for standard output", param_hint="--output")
     filters = _filters(kwargs)
-    show_progress = output != "-" and sys.stderr.isatty()
+    show_progress = not is_stdout(output) and sys.stderr.isatty()
 
     def progress(rows: int) -> None:
         if show_progress:
             click.echo(f"\r  {rows:,} rows…", nl=False, err=True)
 
-    with _connection(ctx) as conn:
+    with _connection(ctx) as conn, _printing(ctx, output):
         try:
             rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
     if show_progress:
         click.echo("", err=True)
-    if output != "-":
+    if not is_stdout(output):
         click.echo(f"exported {rows} entries to {safe(output)} ({fmt}); logged as DATA_EXPORTED", err=True)
 
 

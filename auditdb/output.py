@@ -10,7 +10,7 @@ import secrets
 import stat
 import sys
 
-__all__ = ["STDOUT", "Target"]
+__all__ = ["STDOUT", "Target", "is_stdout"]
 
 # How errors name `-`.
 STDOUT = "standard output"
@@ -35,6 +35,11 @@ def _own_fd(path: str) -> int | None:
             return None
         current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
     return None
+
+
+def is_stdout(output: str) -> bool:
+    """Whether output names standard output: `-`, /dev/stdout, /dev/fd/1, /proc/self/fd/1."""
+    return output == "-" or _own_fd(output) == 1
 
 
 class Target:

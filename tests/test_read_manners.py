@@ -1,4 +1,4 @@
-"""Reading and exporting manners (issue 13): export targets, exact values, absurd times."""
+"""Reading and exporting manners (issue 13): export targets, closed pipes, exact values, absurd times."""
 
 from __future__ import annotations
 
@@ -212,6 +212,74 @@ def test_unusable_targets_are_one_line_naming_them(conn: psycopg.Connection[Any]
         proc = _cli(dsn, "export", "-o", target)
         assert proc.returncode == 1 and _one_error_line(proc) == message
     assert _exports(conn) == [], "nothing was exported, so nothing is recorded"
+
+
+# ---------------------------------------------------------------------------------------------
+# A reader that goes away: `| head -1` through a real shell pipe
+
+PIPED = """"$@" 2>"$0" | head -1 >/dev/null; echo "${PIPESTATUS[0]}\""""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "-o", "-"],
+        ["export", "-o", "-", "--format", "jsonl"],
+        ["export", "-o", "/dev/fd/1"],
+        ["export", "-o", "LINK"],
+        ["log", "--limit", "3000"],
+        ["log", "--limit", "3000", "--format", "json"],
+        ["log", "--limit", "3000", "--format", "csv"],
+        ["show", "BIG"],
+        ["history", "Doc", "1"],
+        ["history", "Doc", "1", "--as-of", "2999-01-01"],
+    ],
+    ids=" ".join,
+)
+def test_a_closed_pipe_ends_quietly(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, args: list[str]) -> None:
+    _seed(conn, 3000)
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        big = conn.execute(
+            """insert into auditdb.log (action, entity_type, entity_id, changes)
+               values ('UPDATE', 'Doc', '1', jsonb_build_object('body', jsonb_build_object('new', repeat('z', 300000))))
+               returning id"""
+        ).fetchone()
+    assert big is not None
+    # Standard output named by a path: /dev/fd/1, and a link of our own to /proc/self/fd/1 (never
+    # /dev/stdout, which an export that replaces its target would replace, as root).
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    args = [{"BIG": str(big[0]), "LINK": str(link)}.get(a, a) for a in args]
+    err = tmp_path / "stderr"
+    proc = subprocess.run(
+        ["bash", "-c", PIPED, str(err), sys.executable, "-m", "auditdb", "--dsn", dsn, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.stdout.strip() in ("0", "141"), (proc.stdout, err.read_text())
+    assert err.read_text() == "", "no Error: Broken pipe, no traceback, no 'Exception ignored'"
+    if args[0] == "export":
+        [record] = _exports(conn)
+        assert record["complete"] is (proc.stdout.strip() == "0")
+
+
+def test_a_full_stdout_is_one_line(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    _seed(conn, 3)
+    for args in (["log"], ["export", "-o", "-"], ["show", "1"], ["history", "Doc", "1"]):
+        with open("/dev/full", "wb") as full:  # opened for writing: never replaced
+            proc = subprocess.run(
+                [sys.executable, "-m", "auditdb", "--dsn", dsn, *args],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+        assert proc.returncode == 1
+        assert _one_error_line(proc) == "Error: No space left on device: standard output"  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
