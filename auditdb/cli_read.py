@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from auditdb import db
 from auditdb.cli import _connection, cli
 from auditdb.errors import AuditDBError
 from auditdb.output import STDOUT, is_stdout
-from auditdb.render import change_lines, safe, value_text
+from auditdb.render import NOBODY, change_lines, safe, table_lines, value_text
 
 
 def _filter_options(f: Any) -> Any:
@@ -119,9 +120,10 @@ def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
 def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, **kwargs: Any) -> None:
     """Show entries, newest first, filtered; --before-id pages on.
 
-    `table` fits 100 columns; `json` is one array of objects keyed by auditdb.log's columns,
-    values as stored; `csv` has the same header and columns as `export`. Stored control characters and escape
-    sequences are shown escaped, never raw.
+    `table` fits the terminal; in a pipe or a file no column is cut but the entity name (at
+    24 characters). `json` is one array of objects keyed by auditdb.log's columns, values as
+    stored; `csv` has the same header and columns as `export`. Stored control characters and
+    escape sequences are shown escaped, never raw.
     """
     import csv as csvmod
 
@@ -148,21 +150,28 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
             for line in lines:
                 click.echo(safe(line.removesuffix("\n")))
         else:
-            click.echo(f"{'ID':>7} {'TIME (UTC)':<19} {'ACTION':<17} {'ENTITY':<22} {'NAME':<16} {'USER':<14}")
-            for r in rows:
-                entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
-                user = r["actor_email"] or r["actor_id"] or "-"
-                click.echo(
-                    f"{r['id']:>7} {r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} {_cut(r['action'], 17):<17} "
-                    f"{_cut(entity, 22):<22} {_cut(r['entity_name'] or '', 16):<16} {_cut(user, 14):<14}".rstrip()
-                )
+            terminal = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+            for line in table_lines([_table_row(r) for r in rows], terminal):
+                click.echo(line)
             if len(rows) == limit:
                 click.echo(f"(more: --before-id {rows[-1]['id']})", err=True)
 
 
-def _cut(text: str, width: int) -> str:
-    text = safe(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _table_row(r: dict[str, Any]) -> list[str]:
+    entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
+    return [
+        str(r["id"]),
+        f"{r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+        safe(r["action"]),
+        safe(entity),
+        safe(r["entity_name"] or ""),
+        safe(_who(r)),
+    ]
+
+
+def _who(entry: dict[str, Any]) -> str:
+    """Who acted, as log and history name them: the e-mail, else the actor id, else NOBODY."""
+    return str(entry["actor_email"] or entry["actor_id"] or NOBODY)
 
 
 @cli.command()
@@ -171,7 +180,7 @@ def _cut(text: str, width: int) -> str:
 def show(ctx: click.Context, entry_id: int) -> None:
     """Show one entry in full, each change as `field: old → new` (masked values stay masked).
 
-    Values print as stored (10.00 stays 10.00).
+    Values print as stored (10.00 stays 10.00); an empty column, an absent actor among them, is -.
     """
     from auditdb.query import COLUMNS, get_entry
 
@@ -187,10 +196,10 @@ def show(ctx: click.Context, entry_id: int) -> None:
             value = entry[key]
             if key == "occurred_at":
                 value = value.astimezone(UTC).isoformat()
-            click.echo(f"{key:<12} {safe(str(value)) if value is not None else '-'}")
+            click.echo(f"{key:<12} {safe(str(value)) if value is not None else NOBODY}")
         click.echo(f"{'metadata':<12} {safe(str(entry['metadata']))}")
         lines = change_lines(entry["changes"])
-        click.echo("changes" + ("" if lines else "      -"))
+        click.echo("changes" + ("" if lines else f"      {NOBODY}"))
         for line in lines:
             click.echo(f"  {line}")
 
@@ -203,7 +212,7 @@ def show(ctx: click.Context, entry_id: int) -> None:
 def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | None) -> None:
     """An entity's timeline, oldest first; --as-of rebuilds its state at a moment.
 
-    Values print as stored (10.00 stays 10.00).
+    Values print as stored (10.00 stays 10.00); an entry with no actor is `by -`, as in log and show.
     """
     from auditdb.query import history as entity_history
     from auditdb.query import parse_time, state_at
@@ -231,9 +240,8 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
                 ctx.exit(1)
             return
         for entry in entries:
-            who = entry["actor_email"] or entry["actor_id"] or "system"
             when = entry["occurred_at"].astimezone(UTC)
-            click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {entry['action']}  by {safe(who)}")
+            click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {safe(entry['action'])}  by {safe(_who(entry))}")
             for line in change_lines(entry["changes"]):
                 click.echo(f"    {line}")
 

@@ -1,14 +1,18 @@
-"""Reading and exporting manners (issue 13): export targets, closed pipes, exact values, absurd times."""
+"""Reading and exporting manners (issue 13): export targets, closed pipes, exact values, absurd times, the table."""
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import pty
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from auditdb import export as export_module
 from auditdb.cli import cli
 from auditdb.export import export
 from auditdb.query import Filters
+from auditdb.render import NAME_CELLS, table_lines, width
 from tests.fix_capture import audit_entries
 from tests.fix_worker import drain
 
@@ -395,3 +400,96 @@ def test_times_out_of_range_are_one_line(dsn: str, tmp_path: Path, value: str) -
         assert line.startswith(f"Error: Invalid value for {option}: '{value[:40]}"), line
         assert "out of range" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The log table: whole identities in a pipe, the terminal's width on one; one word for nobody
+
+LONG = {
+    "action": "API_KEY_REGENERATED",
+    "entity_type": "PermissionAssignment",
+    "entity_id": '{"user_id": 12345, "permission": "EDIT_EVERYTHING"}',
+    "entity_name": "A rather long name for a test case that goes on and on",
+    "actor_email": "a.very.long.address.for.testing@subdomain.example.com",
+}
+
+
+@pytest.fixture
+def long_entry(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id, entity_name, actor_email) "
+            "values (%(action)s, %(entity_type)s, %(entity_id)s, %(entity_name)s, %(actor_email)s)",
+            LONG,
+        )
+        conn.execute("insert into auditdb.log (action, entity_type, entity_id) values ('LOGIN', 'User', 'u1')")
+
+
+def _on_terminal(dsn: str, columns: int, *args: str) -> str:
+    """What the command prints on a terminal `columns` wide (a pseudo-terminal, its size set)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditdb", "--dsn", dsn, *args], stdout=slave, stderr=subprocess.DEVNULL, env=env
+    )
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        out += data
+    os.close(master)
+    assert proc.wait(60) == 0
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_a_pipe_never_cuts_who_acted_or_what(dsn: str, long_entry: None) -> None:
+    proc = _cli(dsn, "log")
+    assert proc.returncode == 0
+    header, login, entry = proc.stdout.splitlines()[:3]
+    for key in ("action", "actor_email"):
+        assert LONG[key] in entry
+    assert f"{LONG['entity_type']} {LONG['entity_id']}" in entry
+    assert LONG["entity_name"][: NAME_CELLS - 1] + "…" in entry and LONG["entity_name"] not in entry
+    assert header.index("USER") == entry.index(LONG["actor_email"]), "columns stay aligned"
+    assert login.endswith(" -")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_a_terminal_gets_a_table_of_its_width(dsn: str, long_entry: None, columns: int) -> None:
+    lines = _on_terminal(dsn, columns, "log").splitlines()
+    assert len(lines) == 3 and all(width(line) <= columns for line in lines), lines
+    wide = _on_terminal(dsn, 300, "log")
+    assert all(text in wide for text in LONG.values())
+
+
+def test_the_table_fits_any_terminal_whatever_the_values() -> None:
+    huge = "Doc " + "k" * 1_000_000
+    rows = [["1", "2026-11-25 20:01:05", "UPDATE", huge, "名前" * 40, "ann@example.com"]]
+    for columns in (60, 80, 200):  # below 58 (a 19-cell time, 8 cells a column) the terminal wraps
+        lines = table_lines(rows, columns)
+        assert all(width(line) <= columns for line in lines), lines
+    # The name (free text) gives way first, then the widest of the others: the line uses the whole width.
+    assert "名前名…" in table_lines(rows, 200)[1] and width(table_lines(rows, 200)[1]) == 200
+    piped = table_lines(rows, None)
+    assert huge in piped[1] and "ann@example.com" in piped[1] and width(piped[1].split(huge)[1]) == 1 + 24 + 1 + 15
+
+
+def test_nobody_is_one_word_in_log_show_and_history(conn: psycopg.Connection[Any], dsn: str, track: Any) -> None:
+    track("create table docs (id int primary key, title text)", '[tables."public.docs"]\n')
+    conn.execute("insert into docs values (1, 'a')")  # no context set: no actor
+    table = _cli(dsn, "log", "--entity-type", "Doc").stdout.splitlines()
+    assert table[1].endswith(" -")
+    entry_id = table[1].split()[0]
+    show = _cli(dsn, "show", entry_id).stdout
+    assert all(f"{k:<12} -\n" in show for k in ("actor_id", "actor_email", "actor_name"))
+    history = _cli(dsn, "history", "Doc", "1").stdout
+    assert " by -\n" in history
+    for out in (table, show, history):
+        assert "system" not in str(out)
