@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
@@ -14,7 +18,8 @@ import psycopg
 from auditdb import db
 from auditdb.cli import _connection, cli
 from auditdb.errors import AuditDBError
-from auditdb.render import safe
+from auditdb.output import STDOUT, is_stdout
+from auditdb.render import NOBODY, change_lines, safe, table_lines, value_text
 
 
 def _filter_options(f: Any) -> Any:
@@ -74,23 +79,55 @@ def _reader_error(e: psycopg.Error, conn_user: str) -> AuditDBError:
     return db.describe_error(e)
 
 
+@contextmanager
+def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
+    """Writing to stdout: a reader that went away (`| head`) ends the command quietly.
+
+    Exit status 141, what a shell reports for a program SIGPIPE ended, with no message and no
+    traceback (a failed export is recorded before this). Another write error names standard
+    output. Either way stdout is pointed at /dev/null, so what is still buffered cannot fail again
+    when Python exits. output: where an export writes (its errors name it).
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename not in (None, STDOUT, output) or not is_stdout(output):
+            raise
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no file descriptor (CliRunner): nothing buffered to lose
+            pass
+        if isinstance(e, BrokenPipeError):
+            ctx.exit(128 + signal.SIGPIPE)
+        raise OSError(e.errno, e.strerror, e.filename or STDOUT) from e
+
+
 @cli.command(name="log")
 @_filter_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
 @click.option("--before-id", type=int, metavar="ID", help="Page on: entries older than entry ID.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table for reading, json (one array) or csv (the export's layout) for machines.",
+)
 @click.pass_context
 def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, **kwargs: Any) -> None:
     """Show entries, newest first, filtered; --before-id pages on.
 
-    `table` fits 100 columns; `json` is one array of objects keyed by auditdb.log's columns;
-    `csv` has the same header and columns as `export`. Stored control characters and escape
-    sequences are shown escaped, never raw.
+    `table` fits the terminal; in a pipe or a file no column is cut but the entity name (at
+    24 characters). `json` is one array of objects keyed by auditdb.log's columns, values as
+    stored; `csv` has the same header and columns as `export`. Stored control characters and
+    escape sequences are shown escaped, never raw.
     """
     import csv as csvmod
-    import json
 
-    from auditdb.export import CSV_HEADER, csv_lines, json_ready
+    from auditdb.export import CSV_HEADER, csv_lines, entries_json
     from auditdb.query import fetch
 
     filters = _filters(kwargs)
@@ -102,38 +139,50 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
                 rows = fetch(conn, filters, limit=limit, before_id=before_id)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
-    if fmt == "json":
-        click.echo(json.dumps([json_ready(r) for r in rows], ensure_ascii=True, indent=1, default=str))
-    elif fmt == "csv":
-        # The export's own rows (one layout), with control characters escaped as everywhere on a terminal.
-        csvmod.writer(sys.stdout, lineterminator="\n").writerow(CSV_HEADER)
-        for line in lines:
-            click.echo(safe(line.removesuffix("\n")))
-    else:
-        click.echo(f"{'ID':>7} {'TIME (UTC)':<19} {'ACTION':<17} {'ENTITY':<22} {'NAME':<16} {'USER':<14}")
-        for r in rows:
-            entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
-            user = r["actor_email"] or r["actor_id"] or "-"
-            click.echo(
-                f"{r['id']:>7} {r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} {_cut(r['action'], 17):<17} "
-                f"{_cut(entity, 22):<22} {_cut(r['entity_name'] or '', 16):<16} {_cut(user, 14):<14}".rstrip()
-            )
-        if len(rows) == limit:
-            click.echo(f"(more: --before-id {rows[-1]['id']})", err=True)
+    with _printing(ctx):
+        if fmt == "json":
+            for piece in entries_json(rows):
+                click.echo(piece, nl=False)
+            click.echo()
+        elif fmt == "csv":
+            # The export's own rows (one layout), with control characters escaped as everywhere on a terminal.
+            csvmod.writer(sys.stdout, lineterminator="\n").writerow(CSV_HEADER)
+            for line in lines:
+                click.echo(safe(line.removesuffix("\n")))
+        else:
+            terminal = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+            for line in table_lines([_table_row(r) for r in rows], terminal):
+                click.echo(line)
+            if len(rows) == limit:
+                click.echo(f"(more: --before-id {rows[-1]['id']})", err=True)
 
 
-def _cut(text: str, width: int) -> str:
-    text = safe(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _table_row(r: dict[str, Any]) -> list[str]:
+    entity = f"{r['entity_type'] or ''} {r['entity_id'] or ''}".strip()
+    return [
+        str(r["id"]),
+        f"{r['occurred_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+        safe(r["action"]),
+        safe(entity),
+        safe(r["entity_name"] or ""),
+        safe(_who(r)),
+    ]
+
+
+def _who(entry: dict[str, Any]) -> str:
+    """Who acted, as log and history name them: the e-mail, else the actor id, else NOBODY."""
+    return str(entry["actor_email"] or entry["actor_id"] or NOBODY)
 
 
 @cli.command()
 @click.argument("entry_id", type=int)
 @click.pass_context
 def show(ctx: click.Context, entry_id: int) -> None:
-    """Show one entry in full, each change as `field: old → new` (masked values stay masked)."""
+    """Show one entry in full, each change as `field: old → new` (masked values stay masked).
+
+    Values print as stored (10.00 stays 10.00); an empty column, an absent actor among them, is -.
+    """
     from auditdb.query import COLUMNS, get_entry
-    from auditdb.render import change_lines
 
     with _connection(ctx) as conn:
         try:
@@ -142,18 +191,17 @@ def show(ctx: click.Context, entry_id: int) -> None:
             raise _reader_error(e, conn.info.user) from e
     if entry is None:
         raise AuditDBError(f"no entry {entry_id} (or not visible to this role)")
-    for key in (c for c in COLUMNS if c not in ("changes", "metadata")):
-        value = entry[key]
-        if key == "occurred_at":
-            value = value.astimezone(UTC).isoformat()
-        click.echo(f"{key:<12} {safe(str(value)) if value is not None else '-'}")
-    import json
-
-    click.echo(f"{'metadata':<12} {safe(json.dumps(entry['metadata'], ensure_ascii=False, sort_keys=True))}")
-    lines = change_lines(entry["changes"])
-    click.echo("changes" + ("" if lines else "      -"))
-    for line in lines:
-        click.echo(f"  {line}")
+    with _printing(ctx):
+        for key in (c for c in COLUMNS if c not in ("changes", "metadata")):
+            value = entry[key]
+            if key == "occurred_at":
+                value = value.astimezone(UTC).isoformat()
+            click.echo(f"{key:<12} {safe(str(value)) if value is not None else NOBODY}")
+        click.echo(f"{'metadata':<12} {safe(str(entry['metadata']))}")
+        lines = change_lines(entry["changes"])
+        click.echo("changes" + ("" if lines else f"      {NOBODY}"))
+        for line in lines:
+            click.echo(f"  {line}")
 
 
 @cli.command()
@@ -162,10 +210,12 @@ def show(ctx: click.Context, entry_id: int) -> None:
 @click.option("--as-of", metavar="TIME", help="Print the entity's (masked) state at TIME, rebuilt from the log.")
 @click.pass_context
 def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | None) -> None:
-    """An entity's timeline, oldest first; --as-of rebuilds its state at a moment."""
+    """An entity's timeline, oldest first; --as-of rebuilds its state at a moment.
+
+    Values print as stored (10.00 stays 10.00); an entry with no actor is `by -`, as in log and show.
+    """
     from auditdb.query import history as entity_history
     from auditdb.query import parse_time, state_at
-    from auditdb.render import change_lines, value_text
 
     moment = None
     if as_of:
@@ -178,28 +228,42 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
             entries = entity_history(conn, entity_type, entity_id)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
-    if moment is not None:
-        state, note = state_at(entries, moment)
-        click.echo(f"{safe(entity_type)} {safe(entity_id)}: {note}")
-        for field, value in sorted((state or {}).items()):
-            click.echo(f"  {safe(field)}: {value_text(value)}")
-        if state is None and not entries:
-            ctx.exit(1)
-        return
-    if not entries:
+    if moment is None and not entries:
         raise AuditDBError(f"no entries for {entity_type} {entity_id} (or not visible to this role)")
-    for entry in entries:
-        who = entry["actor_email"] or entry["actor_id"] or "system"
-        when = entry["occurred_at"].astimezone(UTC)
-        click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {entry['action']}  by {safe(who)}")
-        for line in change_lines(entry["changes"]):
-            click.echo(f"    {line}")
+    with _printing(ctx):
+        if moment is not None:
+            state, note = state_at(entries, moment)
+            click.echo(f"{safe(entity_type)} {safe(entity_id)}: {note}")
+            for field, value in sorted((state or {}).items()):
+                click.echo(f"  {safe(field)}: {value_text(value)}")
+            if state is None and not entries:
+                ctx.exit(1)
+            return
+        for entry in entries:
+            when = entry["occurred_at"].astimezone(UTC)
+            click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {safe(entry['action'])}  by {safe(_who(entry))}")
+            for line in change_lines(entry["changes"]):
+                click.echo(f"    {line}")
 
 
 @cli.command(name="export")
 @_filter_options
-@click.option("--output", "-o", required=True, metavar="FILE|-", help="Where to write (- for standard output).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    metavar="FILE|-",
+    help="Where to write (- for standard output). A regular file (a symlink's target) is replaced only once "
+    "complete; a device or FIFO is written in place.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="csv (the SPEC's columns, spreadsheet-safe) or jsonl (one object per entry, values as stored).",
+)
 @click.option(
     "--actor",
     envvar="AUDITDB_ACTOR",
@@ -210,27 +274,31 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
     """Stream matching entries to a file, newest first, with constant memory; log DATA_EXPORTED.
 
     csv: the SPEC's header and columns, UTC ISO-8601 times, cells a spreadsheet would run as
-    formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A failed
-    export leaves no file under the target name.
+    formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A regular file
+    is written under a temporary name beside it and renamed when complete (a failed export leaves
+    no file under the target name); devices, FIFOs and stdout are written in place. An export
+    that fails part-way is still logged, with complete false and the rows sent.
     """
     from auditdb.export import export
 
+    if not output:
+        raise click.BadParameter("an empty path: name a file, or - for standard output", param_hint="--output")
     filters = _filters(kwargs)
-    show_progress = output != "-" and sys.stderr.isatty()
+    show_progress = not is_stdout(output) and sys.stderr.isatty()
 
     def progress(rows: int) -> None:
         if show_progress:
             click.echo(f"\r  {rows:,} rows…", nl=False, err=True)
 
-    with _connection(ctx) as conn:
+    with _connection(ctx) as conn, _printing(ctx, output):
         try:
             rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
         except psycopg.Error as e:
             raise _reader_error(e, conn.info.user) from e
     if show_progress:
         click.echo("", err=True)
-    if output != "-":
-        click.echo(f"exported {rows} entries to {output} ({fmt}); logged as DATA_EXPORTED", err=True)
+    if not is_stdout(output):
+        click.echo(f"exported {rows} entries to {safe(output)} ({fmt}); logged as DATA_EXPORTED", err=True)
 
 
 _KINDS = ("admin", "viewer", "writer")

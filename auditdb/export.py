@@ -5,20 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import sys
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from auditdb.db import SAFE_SEARCH_PATH, pinned
-from auditdb.query import COLUMNS, Filters, where_clause
+from auditdb.output import Target
+from auditdb.query import COLUMNS, Filters, JsonText, where_clause
 
-__all__ = ["CSV_HEADER", "csv_lines", "export", "json_ready", "neutralise"]
+__all__ = ["CSV_HEADER", "csv_lines", "entries_json", "export", "neutralise"]
 
 CSV_HEADER = [
     "Timestamp",
@@ -46,12 +45,32 @@ def _utc(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def json_ready(entry: dict[str, Any]) -> dict[str, Any]:
-    """An entry with JSON-native values (UTC ISO time, IP as text)."""
-    out = dict(entry)
-    out["occurred_at"] = _utc(entry["occurred_at"])
-    out["ip"] = str(entry["ip"]) if entry["ip"] is not None else None
-    return out
+# Outside its strings JSON text is ASCII; inside, \uXXXX stands for any character.
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]+")
+
+
+def _ascii_json(value: Any) -> str:
+    if isinstance(value, JsonText):
+        return _NOT_ASCII.sub(lambda m: json.dumps(m.group(0))[1:-1], value.text)
+    if isinstance(value, datetime):
+        return json.dumps(_utc(value))
+    return json.dumps(value if value is None or isinstance(value, int | str) else str(value))
+
+
+def entries_json(entries: list[dict[str, Any]]) -> Iterator[str]:
+    """`log --format json`: one array of objects keyed by the log's columns, in pieces.
+
+    ASCII only (every other character as \\uXXXX, so nothing reaches a terminal raw); times in
+    UTC ISO-8601, the IP as text; changes and metadata exactly as the server printed them, so a
+    number shows every stored digit (10.00, not 10.0).
+    """
+    if not entries:
+        yield "[]"
+        return
+    for n, entry in enumerate(entries):
+        members = ",\n".join(f"  {json.dumps(c)}: {_ascii_json(entry[c])}" for c in COLUMNS)
+        yield ("[\n {\n" if n == 0 else ",\n {\n") + members + "\n }"
+    yield "\n]"
 
 
 _TIME = sql.SQL("""to_char(l.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""")
@@ -185,16 +204,15 @@ def export(
 
     COPY streams from the server, so memory stays flat however many rows: the server builds the
     finished cells (CSV) or the pieces of each line (JSONL), and Python only moves bytes, a
-    chunk of whole rows at a time. A file is written under a temporary name and renamed only
-    when complete: a failed export leaves nothing under the target name.
+    chunk of whole rows at a time. Where the bytes go is Target's business: a regular file is
+    written under a temporary name and renamed only when complete (a failed export leaves nothing
+    under the target name); a device, a FIFO or stdout is written in place. An export that fails
+    part-way is recorded with the rows sent; an OSError names `output`.
     """
     where, params = where_clause(filters)
     copy_sql = sql.SQL("copy ({}) to stdout {}").format(_select(conn, fmt, where), sql.SQL(_COPY_OPTIONS[fmt]))
     finish = _keep if fmt == "csv" else _join_jsonl
-    target = None if output == "-" else Path(output)
-    partial = None if target is None else target.with_name(f".{target.name}.partial")
-    out: IO[bytes]
-    out = sys.stdout.buffer if target is None else open(partial, "wb")  # type: ignore[arg-type]
+    out = Target(output)  # before the transaction: a FIFO waits here for its reader
     rows = 0
     failure: BaseException | None = None
     try:
@@ -223,7 +241,7 @@ def export(
                                     progress(count)
                         out.write(finish(chunk))
                         rows = cur.rowcount
-                    out.flush()
+                    out.finish()
             except (OSError, psycopg.Error, KeyboardInterrupt) as e:
                 failure = e
             email = actor if actor and "@" in actor else None
@@ -234,12 +252,7 @@ def export(
             )
         if failure is not None:
             raise failure
-        if target is not None:
-            out.close()
-            os.replace(partial, target)  # type: ignore[arg-type]
-    except BaseException:
-        if target is not None:
-            out.close()
-            partial.unlink(missing_ok=True)  # type: ignore[union-attr]
-        raise
+        out.place()
+    finally:
+        out.discard()
     return rows

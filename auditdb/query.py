@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 
 from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 
-__all__ = ["COLUMNS", "Filters", "fetch", "get_entry", "parse_time", "where_clause"]
+__all__ = [
+    "COLUMNS",
+    "Filters",
+    "JsonText",
+    "fetch",
+    "get_entry",
+    "members",
+    "parse_time",
+    "split_changes",
+    "where_clause",
+]
 
 COLUMNS = (
     "id",
@@ -36,25 +51,45 @@ COLUMNS = (
     "metadata",
     "txid",
 )
+
+
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_YEAR = re.compile(r"^[+-]?(\d+)-")
+_RANGE = "a time must fall in the years 1 to 9999 (UTC)"
+
+
+def _shown(text: str) -> str:
+    """The value as an error message quotes it: escaped, and short."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """`7d`, `12h`, `30m` (ago), an ISO date (midnight UTC) or an ISO date-time (UTC unless it says)."""
+    """`7d`, `12h`, `30m` (ago), an ISO date (midnight UTC) or an ISO date-time (UTC unless it says).
+
+    A time Python cannot hold (`999999d` ago, year 0 or 10000, an offset pushing year 1 before
+    it) is refused with one line, never an OverflowError.
+    """
     value = text.strip()
     match = _RELATIVE.match(value)
-    if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    year = _YEAR.match(value)
+    if (match and len(match.group(1)) > 9) or (year and not 1 <= int(year.group(1)[:6]) <= 9999):
+        raise AuditDBError(f"{_shown(text)} is out of range: {_RANGE}")
     try:
+        if match:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
             return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed.astimezone(UTC)  # in range in UTC too (0001-01-01T00:00+01:00 is not)
+    except OverflowError:
+        raise AuditDBError(f"{_shown(text)} is out of range: {_RANGE}") from None
     except ValueError:
         raise AuditDBError(
-            f"{text!r} is not a time: use an ISO date (2026-11-01), date-time (2026-11-01T08:00) or 30m/12h/7d/2w"
+            f"{_shown(text)} is not a time: use an ISO date (2026-11-01), date-time (2026-11-01T08:00) or 30m/12h/7d/2w"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -135,24 +170,113 @@ def where_clause(filters: Filters, before_id: int | None = None) -> tuple[sql.Co
     return sql.SQL(" and ").join(parts), params
 
 
+@dataclass(frozen=True, slots=True)
+class JsonText:
+    """A json/jsonb value's text exactly as the server printed it.
+
+    Never parsed through a float: `10.00` stays `10.00`, `12345678901234567.1234567891` keeps
+    every digit, a numeric of 5,000 digits stays whole (Python refuses to turn it into an int).
+    """
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _JsonTextLoader(Loader):
+    """Loads json and jsonb as JsonText: what the server sent, undecoded."""
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._encoding = self.connection.info.encoding if self.connection else "utf-8"
+
+    def load(self, data: Buffer) -> JsonText:
+        return JsonText(bytes(data).decode(self._encoding, "replace"))
+
+
+# A JSON string (escapes included) or one of the characters that give a value its structure.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]')
+
+
+def members(value: JsonText) -> dict[str, JsonText] | None:
+    """An object's members, each value as its own text (never parsed); None for any other value.
+
+    A scan, not a parse: nesting as deep as jsonb allows costs no recursion, and the values
+    keep the server's spelling.
+    """
+    text = value.text.strip()
+    if not text.startswith("{"):
+        return None
+    out: dict[str, JsonText] = {}
+    depth = 0
+    key: str | None = None
+    start = 0
+    for m in _TOKEN.finditer(text):
+        token = m.group()
+        if token in ("{", "["):
+            depth += 1
+        elif token in ("}", "]"):
+            depth -= 1
+            if depth == 0:
+                if key is not None:
+                    out[key] = JsonText(text[start : m.start()].strip())
+                break
+        elif depth == 1:
+            if token == ":":
+                start = m.end()
+            elif token == "," and key is not None:
+                out[key] = JsonText(text[start : m.start()].strip())
+                key = None
+            elif key is None and token.startswith('"'):
+                key = json.loads(token)
+    return out
+
+
+Change = dict[str, JsonText] | JsonText
+
+
+def split_changes(changes: JsonText | None) -> dict[str, Change]:
+    """An entry's changes as {column: {"old": text, "new": text}}, each side only where present.
+
+    A column whose change is not an object (no capture writes one) keeps its text as it is.
+    """
+    split: dict[str, Change] = {}
+    top = members(changes) if changes is not None else None
+    for column, change in (top or {}).items():
+        sides = members(change)
+        split[column] = change if sides is None else sides
+    return split
+
+
 def _select_list() -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier("l", c) for c in COLUMNS)
+
+
+@contextmanager
+def _reading(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+    """A cursor giving rows as dicts, changes and metadata as the server printed them (JsonText)."""
+    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
+        for name in ("json", "jsonb"):
+            cur.adapters.register_loader(name, _JsonTextLoader)
+        yield cur
 
 
 def fetch(
     conn: psycopg.Connection[Any], filters: Filters, *, limit: int = 50, before_id: int | None = None
 ) -> list[dict[str, Any]]:
-    """Matching entries, newest first (by time, then id), at most limit."""
+    """Matching entries, newest first (by time, then id), at most limit; changes and metadata as JsonText."""
     where, params = where_clause(filters, before_id)
     query = sql.SQL(
         "select {cols} from auditdb.log l where {where} order by l.occurred_at desc, l.id desc limit %s"
     ).format(cols=_select_list(), where=where)
-    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
+    with _reading(conn) as cur:
         return cur.execute(query, [*params, limit]).fetchall()
 
 
 def get_entry(conn: psycopg.Connection[Any], entry_id: int) -> dict[str, Any] | None:
-    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
+    """One entry by id, or None when there is none this role may see; changes and metadata as JsonText."""
+    with _reading(conn) as cur:
         return cur.execute(
             sql.SQL("select {} from auditdb.log l where l.id = %s").format(_select_list()),
             (entry_id,),
@@ -169,21 +293,22 @@ HISTORY_SQL = (
 
 def history(conn: psycopg.Connection[Any], entity_type: str, entity_id: str) -> list[dict[str, Any]]:
     """The entity's entries, oldest first (following key changes through metadata.previous_id)."""
-    with pinned(conn), conn.cursor(row_factory=dict_row) as cur:
+    with _reading(conn) as cur:
         return cur.execute(
             sql.SQL(HISTORY_SQL.replace("*", "{}", 1)).format(_select_list()), (entity_type, entity_id, entity_id)
         ).fetchall()
 
 
-def _only(changes: dict[str, Any] | None, side: str) -> bool:
-    return bool(changes) and all(set(c) == {side} for c in (changes or {}).values())
+def _only(changes: dict[str, Change], side: str) -> bool:
+    return bool(changes) and all(isinstance(c, dict) and set(c) == {side} for c in changes.values())
 
 
-def state_at(entries: list[dict[str, Any]], as_of: datetime) -> tuple[dict[str, Any] | None, str]:
+def state_at(entries: list[dict[str, Any]], as_of: datetime) -> tuple[dict[str, JsonText] | None, str]:
     """The entity's field values at as_of, rebuilt from its entries, and a note on how complete.
 
     A creation carries every column as `new`, an update the changed ones, a deletion only `old`:
-    folding them in order gives the row as it was. Masked fields stay masked.
+    folding them in order gives the row as it was. Masked fields stay masked; values keep the
+    server's spelling.
     """
     if not entries:
         return None, "no entries for this entity"
@@ -192,14 +317,15 @@ def state_at(entries: list[dict[str, Any]], as_of: datetime) -> tuple[dict[str, 
         return None, (
             f"no entry at or before {as_of.isoformat()}: the earliest is at {entries[0]['occurred_at'].isoformat()}"
         )
-    state: dict[str, Any] = {}
+    state: dict[str, JsonText] = {}
     for e in upto:
-        if _only(e["changes"], "old"):
+        changes = split_changes(e["changes"])
+        if _only(changes, "old"):
             return None, f"deleted at {e['occurred_at'].isoformat()} (entry {e['id']})"
-        for column, change in (e["changes"] or {}).items():
-            if "new" in change:
+        for column, change in changes.items():
+            if isinstance(change, dict) and "new" in change:
                 state[column] = change["new"]
-    if not _only(upto[0]["changes"], "new"):
+    if not _only(split_changes(upto[0]["changes"]), "new"):
         return state, (
             "the log does not reach back far enough: its first entry for this entity "
             f"(at {upto[0]['occurred_at'].isoformat()}) is not its creation; only fields changed "
