@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from auditdb.errors import AuditDBError
 from auditdb.install import install as run_install
 from auditdb.install import install_sql, uninstall
 from auditdb.integrity import structure_differences
+from auditdb.output import stdout_gone
 from auditdb.render import safe
 
 __all__ = ["cli", "main"]
@@ -80,6 +82,13 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(str(db.describe_error(e))) from e
+        except BrokenPipeError as e:
+            if e.filename is not None:
+                raise click.ClickException(f"{e.strerror or e}: {e.filename}") from e
+            # Standard output's reader went away (`auditdb status | head -1`): end quietly, with
+            # the status a shell reports for a program SIGPIPE ended.
+            stdout_gone()
+            ctx.exit(128 + signal.SIGPIPE)
         except OSError as e:  # an output file or directory that cannot be written, say
             if ctx.obj and ctx.obj.get("debug"):
                 raise

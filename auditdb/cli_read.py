@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -18,7 +17,7 @@ import psycopg
 from auditdb import db
 from auditdb.cli import _connection, cli
 from auditdb.errors import AuditDBError
-from auditdb.output import STDOUT, is_stdout
+from auditdb.output import STDOUT, is_stdout, stdout_gone
 from auditdb.render import NOBODY, change_lines, safe, table_lines, value_text
 
 
@@ -93,12 +92,7 @@ def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
     except OSError as e:
         if e.filename not in (None, STDOUT, output) or not is_stdout(output):
             raise
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):  # no file descriptor (CliRunner): nothing buffered to lose
-            pass
+        stdout_gone()
         if isinstance(e, BrokenPipeError):
             ctx.exit(128 + signal.SIGPIPE)
         raise OSError(e.errno, e.strerror, e.filename or STDOUT) from e

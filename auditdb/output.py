@@ -10,7 +10,7 @@ import secrets
 import stat
 import sys
 
-__all__ = ["STDOUT", "Target", "is_stdout"]
+__all__ = ["STDOUT", "Target", "is_stdout", "stdout_gone"]
 
 # How errors name `-`.
 STDOUT = "standard output"
@@ -143,3 +143,13 @@ class Target:
             with contextlib.suppress(OSError):
                 os.unlink(self._temp)
             self._temp = None
+
+
+def stdout_gone() -> None:
+    """Point stdout at /dev/null once its reader went away, so nothing buffered fails again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (CliRunner): nothing buffered to lose
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -135,3 +136,36 @@ def test_the_readmes_samples_are_this_release(dsn: str, tmp_path: Path) -> None:
     assert shown == names
     assert f"version {HEAD_REVISION}" in sample
     assert f"installed auditdb, schema version {HEAD_REVISION}" in readme
+
+
+def test_every_command_ends_quietly_when_its_reader_is_gone(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Stdout a pipe nobody reads any more (`| head` gone): exit 141, no message, no traceback."""
+    conn.execute("create table public.quiet (id int primary key, note text)")
+    config = tmp_path / "auditdb.toml"
+    config.write_text('[tables."public.quiet"]\n')
+    for args in (
+        ["install", "--sql"],
+        ["status"],
+        ["doctor"],
+        ["partitions", "list"],
+        ["apply", "--dry-run", "--config", str(config)],
+        ["--help"],
+    ):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "auditdb", "--dsn", dsn, *args],
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+        finally:
+            os.close(write)
+        for noise in ("Error", "Traceback", "Exception", "Broken pipe"):
+            assert noise not in proc.stderr, (args, proc.stderr)
+        # click itself prints --help, and ends with 1 on a closed pipe, quietly too.
+        assert proc.returncode == (1 if args == ["--help"] else 141), (args, proc.returncode)
