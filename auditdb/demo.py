@@ -15,6 +15,7 @@ from auditdb.config import load_config
 from auditdb.context import context
 from auditdb.embedded import GET_EMBEDDED, embedded_bindir, local_server, server_version
 from auditdb.install import install
+from auditdb.query import get_entry
 from auditdb.render import change_lines, safe
 from auditdb.triggers import apply
 
@@ -138,20 +139,25 @@ def _show(conn: psycopg.Connection[Any], echo: Callable[[str], None]) -> None:
             f"  {r['id']:>3}  {r['occurred_at']:%H:%M:%S}  {r['action']:<18} {entity:<22} "
             f"{safe(r['entity_name'] or '')[:24]:<24} {safe(r['actor_email'] or '-'):<16} {r['ip'] or '-'}"
         )
-    with conn.cursor(row_factory=dict_row) as cur:
-        pick = cur.execute(
-            "select * from auditdb.log where action in ('UPDATE', 'BULK_UPDATE') and entity_type = 'TestCase'"
-            " order by id limit 1"
-        ).fetchone()
-        password = cur.execute("select * from auditdb.log where action = 'PASSWORD_CHANGED'").fetchone()
-    for entry in (pick, password):
+    picks = conn.execute(
+        """select e.id, e.metadata->>'request_id'
+             from (select id, metadata from auditdb.log
+                    where action in ('UPDATE', 'BULK_UPDATE') and entity_type = 'TestCase' order by id limit 1) e
+           union all
+           select e.id, e.metadata->>'request_id'
+             from (select id, metadata from auditdb.log where action = 'PASSWORD_CHANGED' order by id limit 1) e"""
+    ).fetchall()
+    requests: dict[int, str | None] = dict(picks)
+    for entry_id in requests:
+        # Through the CLI's own reading path: values exactly as stored, never through a float.
+        entry = get_entry(conn, entry_id)
         if entry is None:
             continue
         echo("")
         echo(
             f"entry {entry['id']}: {entry['action']} of {entry['entity_type']} {entry['entity_id']}"
             f" by {safe(entry['actor_name'] or '-')} <{safe(entry['actor_email'] or '-')}>"
-            f" from {entry['ip']}, request {safe(entry['metadata'].get('request_id', '-'))}, txid {entry['txid']}"
+            f" from {entry['ip']}, request {safe(requests[entry_id] or '-')}, txid {entry['txid']}"
         )
         for line in change_lines(entry["changes"]):
             echo(f"  {line}")
