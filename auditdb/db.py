@@ -140,7 +140,7 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
             conn.rollback()
         user = conn.info.user
         raise PermissionDenied(
-            f"permission denied: role {user} has none of auditdb's roles here (an administrator runs "
+            f"permission denied: role {user} needs auditdb_admin or auditdb_viewer here (an administrator runs "
             f"auditdb grant {user} --admin to read and manage, or --viewer --tenant T to read a tenant's entries)"
         ) from e
     version = str(version_row[0]) if version_row else ""
