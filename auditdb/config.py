@@ -20,6 +20,7 @@ __all__ = [
     "Rule",
     "TableConfig",
     "check_columns",
+    "defaults_near_misses",
     "defaults_slips",
     "did_you_mean",
     "glob_regex",
@@ -359,6 +360,31 @@ def defaults_slips(config: Config, columns: Iterable[str]) -> list[str]:
         for glob in globs
         if not any(matches(n, (glob,)) for n in every)
     ]
+
+
+def defaults_near_misses(config: Config, columns: Iterable[str], unmasked: Iterable[str]) -> list[str]:
+    """Refusals for [defaults] mask globs that match no column (of columns) but look like an unmasked one.
+
+    A glob matching nothing is only a warning (it may be meant for events' metadata or tables yet
+    to come), but one a letter away from a column that is shown in clear is a typo that would put
+    that column's values into the append-only log: masks must not fail open.
+    """
+    if not config.tables:
+        return []
+    every, clear = set(columns), sorted(set(unmasked))
+    d = config.defaults
+    refused = []
+    for key, globs in (("mask", d.mask), ("mask_last4", d.mask_last4)):
+        for glob in globs:
+            if any(matches(n, (glob,)) for n in every):
+                continue
+            hint = did_you_mean(glob, clear)
+            if hint:
+                refused.append(
+                    f"[defaults] {key} glob {glob!r} matches no column{hint}: that column would be logged "
+                    "in clear; fix the glob (or mask the column)"
+                )
+    return refused
 
 
 def load_config(path: Path) -> Config:

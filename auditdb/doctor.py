@@ -8,11 +8,12 @@ from typing import Any
 
 import psycopg
 
-from auditdb.config import Config
+from auditdb.config import Config, defaults_near_misses, defaults_slips
 from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_marker, installed_version
 from auditdb.integrity import structure_differences
+from auditdb.plan import plan_tables
 from auditdb.triggers import State, event_trigger_status, status
 
 __all__ = ["Check", "run_checks"]
@@ -42,6 +43,25 @@ def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Che
     # partitions, say): it fails with one line instead.
     with pinned(conn, lock_timeout=CHECK_LOCK_TIMEOUT):
         return _checks(conn, config)
+
+
+def _config_slips(conn: psycopg.Connection[Any], config: Config) -> Check:
+    """What apply warns about: [defaults] globs and columns that match nothing (a typo, maybe)."""
+    try:
+        plans = plan_tables(conn, config)
+    except AuditDBError as e:
+        return Check("config", "fail", str(e))
+    refused = defaults_near_misses(
+        config, (c for p in plans for c in p.every_column), (c.name for p in plans for c in p.columns if not c.mask)
+    )
+    if refused:
+        return Check("config", "fail", "; ".join(refused))
+    slips = [w for p in plans for w in p.warnings]
+    slips += defaults_slips(config, (c for p in plans for c in p.every_column))
+    if not slips:
+        return Check("config", "ok", "every mask, mask_last4 and ignore glob matches a column")
+    more = f" (and {len(slips) - 2} more)" if len(slips) > 2 else ""
+    return Check("config", "warn", "; ".join(slips[:2]) + more)
 
 
 def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]:
@@ -133,6 +153,7 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
                     or f"{len(config.tables)} table(s) match the config",
                 )
             )
+            checks.append(_config_slips(conn, config))
     else:
         count = _one(conn, "select count(*) from auditdb.tracked_tables")
         checks.append(Check("tracked tables", "warn", f"no config given; {count} table(s) tracked (pass --config)"))

@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 
-from auditdb.config import Config, defaults_slips, glob_regex
+from auditdb.config import Config, defaults_near_misses, defaults_slips, glob_regex
 from auditdb.db import pinned
-from auditdb.errors import AuditDBError, PermissionDenied
+from auditdb.errors import AuditDBError, ConfigError, PermissionDenied
 from auditdb.names import CAPTURE_TRIGGERS, qualified
 from auditdb.plan import TablePlan, check_sql, ident, plan_tables, render_sql, resolve_table, template
 
@@ -245,6 +245,11 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
     with pinned(conn):
         conn.execute("select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('auditdb.apply'))")
         plans = plan_tables(conn, config)
+        refused = defaults_near_misses(
+            config, (c for p in plans for c in p.every_column), (c.name for p in plans for c in p.columns if not c.mask)
+        )
+        if refused:
+            raise ConfigError("; ".join(refused))
         warnings = [w for p in plans for w in p.warnings]
         warnings += defaults_slips(config, (c for p in plans for c in p.every_column))
         notes = [f"{p.config.qualified}: {n}" for p in plans for n in p.notes]

@@ -61,8 +61,9 @@ def test_defaults_mask_glob_matching_no_column_warns_and_apply_proceeds(
 ) -> None:
     conn.execute(USERS)
     conn.execute('create table keys (id int primary key, "Password" text, api_token text)')
+    # (A glob a typo away from a column shown in clear is refused: the next test.)
     toml = (
-        '[defaults]\nmask = ["pasword*", "password*"]\nmask_last4 = ["*token*", "api_key*"]\n'
+        '[defaults]\nmask = ["passwd_history*", "password*"]\nmask_last4 = ["*token*", "api_key*"]\n'
         '[tables."public.users"]\n[tables."public.keys"]\n'
     )
     dry = _apply(dsn, tmp_path, toml, "apply", "--dry-run")
@@ -70,7 +71,7 @@ def test_defaults_mask_glob_matching_no_column_warns_and_apply_proceeds(
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["added public.users", "added public.keys"]
     warnings = [
-        "warning: [defaults] mask glob 'pasword*' matches no column of any tracked table (did you mean 'password'?) "
+        "warning: [defaults] mask glob 'passwd_history*' matches no column of any tracked table "
         "(it still masks those keys in events' metadata)",
         "warning: [defaults] mask_last4 glob 'api_key*' matches no column of any tracked table "
         "(it still masks those keys in events' metadata)",
@@ -84,6 +85,30 @@ def test_defaults_mask_glob_matching_no_column_warns_and_apply_proceeds(
     conn.execute("insert into users values (1, 'ann', 'hunter2')")
     [created] = entries(conn)
     assert created["changes"]["password"] == {"new": "***"}
+
+
+@pytest.mark.parametrize("key", ["mask", "mask_last4"])
+def test_defaults_mask_glob_a_typo_away_from_a_clear_column_is_refused(
+    key: str, conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    # Only a warning would leave the password in clear in a log nothing can be removed from.
+    conn.execute(USERS)
+    toml = f'[defaults]\n{key} = ["pasword"]\n[tables."public.users"]\n'
+    for args in (["apply"], ["apply", "--dry-run"]):
+        _refused(
+            _apply(dsn, tmp_path, toml, *args),
+            f"[defaults] {key} glob 'pasword' matches no column (did you mean 'password'?): "
+            "that column would be logged in clear",
+        )
+    assert _captured(conn) == 0
+    doctor = _apply(dsn, tmp_path, toml, "doctor")
+    assert doctor.exit_code == 1
+    assert any(line.startswith("fail  config") and "'pasword'" in line for line in doctor.stdout.splitlines())
+    # Masked under its right name, the same typo is only noise: a warning.
+    fixed = f'[defaults]\n{key} = ["pasword", "password"]\n[tables."public.users"]\n'
+    result = _apply(dsn, tmp_path, fixed, "apply")
+    assert result.exit_code == 0 and result.stdout == "added public.users\n"
+    assert "warning: [defaults] " + key + " glob 'pasword' matches no column of any tracked table" in result.stderr
 
 
 def test_table_ignore_glob_matching_no_column_warns(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
