@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 
 import auditdb
 from tests.fix_capture import Track, entries
@@ -59,6 +60,7 @@ OPS = {
 ENTITY = {"tags": "Tag", "email_domains": "EmailDomain", "app_config": "AppConfig"}
 
 
+@pytest.mark.slow  # a load test: `./run test -m slow`
 def test_rollback_fidelity_over_5000_random_transactions(conn: psycopg.Connection[Any], dsn: str, example: Any) -> None:
     rng = random.Random(7)
     committed = 0
@@ -108,6 +110,7 @@ def test_rollback_fidelity_over_5000_random_transactions(conn: psycopg.Connectio
         assert _replay([e for e in log if e["entity_type"] == entity_type]) == expected, table
 
 
+@pytest.mark.slow  # a load test: `./run test -m slow`
 def test_attribution_under_concurrency(conn: psycopg.Connection[Any], dsn: str, track: Track) -> None:
     track(KV, KV_TOML)
     conn.execute("insert into kv select g, 0, null from generate_series(1, 400) g")

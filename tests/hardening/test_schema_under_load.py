@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
@@ -17,6 +18,7 @@ from tests.fix_capture import Track, audit_entries, entries
 TOML = '[defaults]\nmask = ["*secret*"]\n[tables."public.orders"]\nentity_type = "Order"\nname = "label"\n'
 
 
+@pytest.mark.slow  # a load test: `./run test -m slow`
 def test_add_drop_rename_columns_and_rename_table_under_load(
     conn: psycopg.Connection[Any], dsn: str, track: Track, tmp_path: Path
 ) -> None:
