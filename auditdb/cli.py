@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -414,7 +415,17 @@ def _size(n: int) -> str:
 
 
 def main() -> None:
-    cli(prog_name="auditdb")
+    if sys.stderr is None:  # started with 2>&-: errors have nowhere to go, but the work can be done
+        sys.stderr = open(os.devnull, "w")  # for the life of the process
+    if sys.stdout is None:  # started with >&-: what the command prints would vanish
+        click.echo("Error: standard output is closed: nothing could be printed", err=True)
+        sys.exit(1)
+    try:
+        cli(prog_name="auditdb")
+    except OSError as e:  # writing click's own output (--help, a usage error) failed
+        stdout_gone()
+        click.echo(f"Error: {e.strerror or e}: standard output", err=True)
+        sys.exit(1)
 
 
 # The reading and access commands live in their own module; importing it registers them.

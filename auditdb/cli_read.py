@@ -164,8 +164,8 @@ def _table_row(r: dict[str, Any]) -> list[str]:
 
 
 def _who(entry: dict[str, Any]) -> str:
-    """Who acted, as log and history name them: the e-mail, else the actor id, else NOBODY."""
-    return str(entry["actor_email"] or entry["actor_id"] or NOBODY)
+    """Who acted, as log and history name them: the e-mail, else the actor id, else the name, else NOBODY."""
+    return str(entry["actor_email"] or entry["actor_id"] or entry["actor_name"] or NOBODY)
 
 
 @cli.command()

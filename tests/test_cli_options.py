@@ -16,6 +16,7 @@ from psycopg import sql
 from auditdb.cli import cli
 from tests.fix_capture import audit_entries
 from tests.fix_roles import MakeRole
+from tests.fix_worker import drain
 
 BAD = "host=127.0.0.1 port=1 dbname=nowhere user=nobody connect_timeout=2"
 
@@ -169,3 +170,38 @@ def test_every_command_ends_quietly_when_its_reader_is_gone(
             assert noise not in proc.stderr, (args, proc.stderr)
         # click itself prints --help, and ends with 1 on a closed pipe, quietly too.
         assert proc.returncode == (1 if args == ["--help"] else 141), (args, proc.returncode)
+
+
+def test_an_actor_known_only_by_name_is_named(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """`-` means no actor at all; an entry whose context set only actor_name shows that name."""
+    with conn.transaction():
+        conn.execute("select auditdb.set_context(actor_name => 'Only A Name')")
+        conn.execute("select auditdb.emit('LOGOUT', entity_type => 'User', entity_id => '8')")
+    drain(dsn)
+    table = CliRunner().invoke(cli, ["--dsn", dsn, "log", "--action", "LOGOUT"]).output.splitlines()
+    assert table[1].endswith("Only A Name"), table
+    history = CliRunner().invoke(cli, ["--dsn", dsn, "history", "User", "8"]).output
+    assert " by Only A Name" in history, history
+
+
+def test_closed_or_full_standard_streams_are_one_line(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        helped = subprocess.run(
+            [sys.executable, "-m", "auditdb", "--help"], stdout=full, stderr=subprocess.PIPE, text=True, check=False
+        )
+    assert helped.returncode == 1 and helped.stderr == "Error: No space left on device: standard output\n"
+
+    def closed(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+        script = f'exec "$@" {redirect}'
+        command = ["sh", "-c", script, "sh", sys.executable, "-m", "auditdb", "--dsn", dsn, *args]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    for args in (["status"], ["log"], ["export", "-o", "-"], ["show", "1"]):
+        proc = closed(">&-", *args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr == "Error: standard output is closed: nothing could be printed\n", (args, proc.stderr)
+    # Closed stderr: the work is done (the progress lines go nowhere) and recorded.
+    target = tmp_path / "out.csv"
+    proc = closed("2>&-", "export", "-o", str(target))
+    assert proc.returncode == 0 and target.read_text().startswith("Timestamp,")
+    assert [e["action"] for e in audit_entries(conn, "action = 'DATA_EXPORTED'")] == ["DATA_EXPORTED"]
