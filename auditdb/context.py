@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from auditdb.db import api_call
+from auditdb.db import api_call, require_connection
 from auditdb.errors import AuditDBError
 
 __all__ = ["CONTEXT_BOUNDS", "FIELDS", "context", "current_context", "set_context"]
@@ -82,6 +82,7 @@ def _transaction_status(conn: psycopg.Connection[Any]) -> pq.TransactionStatus:
 
 
 def _require_transaction(conn: psycopg.Connection[Any], what: str) -> None:
+    require_connection(conn, what)
     # Without autocommit psycopg opens a transaction with the next statement, which holds the context.
     if conn.autocommit and _transaction_status(conn) == pq.TransactionStatus.IDLE:
         raise AuditDBError(

@@ -22,6 +22,7 @@ __all__ = [
     "connect",
     "describe_error",
     "pinned",
+    "require_connection",
     "require_installed",
     "resolve_dsn",
 ]
@@ -174,6 +175,18 @@ def describe_error(e: psycopg.Error) -> AuditDBError:
 _TEXT_OID = pg_types["text"].oid
 
 
+def require_connection(conn: object, function: str) -> None:
+    """Refuse, in one line saying what to pass, anything but a psycopg 3 connection."""
+    if isinstance(conn, psycopg.Connection):
+        return
+    given = "None" if conn is None else f"a {type(conn).__module__}.{type(conn).__qualname__}"
+    raise AuditDBError(
+        f"{function} takes a psycopg 3 connection, not {given}: with Django pass django.db.connection.connection "
+        "(after django.db.connection.ensure_connection()); with SQLAlchemy, the session's or connection's "
+        ".connection.driver_connection"
+    )
+
+
 def api_call(
     conn: psycopg.Connection[Any], function: str, query: sql.SQL | sql.Composed, params: dict[str, str | None]
 ) -> tuple[Any, ...]:
@@ -187,6 +200,7 @@ def api_call(
     A database without auditdb, or a role without auditdb_writer, is auditdb's error, not
     psycopg's; the failed statement has aborted the caller's transaction, as any error does.
     """
+    require_connection(conn, function)
     with psycopg.Cursor(conn, row_factory=tuple_row) as cur:
         cur.adapters.register_dumper(str, StrDumper)
         cur.adapters.register_loader(_TEXT_OID, TextLoader)

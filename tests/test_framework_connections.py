@@ -23,6 +23,7 @@ import auditdb
 from auditdb.cli import cli
 from auditdb.context import FIELDS
 from auditdb.db import describe_error
+from auditdb.errors import AuditDBError
 from auditdb.worker import Worker
 from tests.fix_capture import Track, entries
 from tests.fix_db import APP_ROLE, scalar
@@ -344,3 +345,19 @@ def test_permission_denied_is_said_once(
         result = runner.invoke(cli, ["--dsn", app_dsn, "--config", "/nonexistent.toml", *args])
         assert result.exit_code == 1, (args, result.output)
         assert result.output.lower().count("permission denied") == 1, (args, result.output)
+
+
+def test_anything_but_a_psycopg_connection_is_told_what_to_pass(conn: psycopg.Connection[Any]) -> None:
+    """A Django wrapper, a cursor, a not-yet-open connection (None): one line saying what to pass."""
+    with conn.cursor() as cursor:
+        for wrong in (None, cursor, object()):
+            for call in (
+                lambda c: auditdb.set_context(c, actor_id="u1"),
+                lambda c: auditdb.current_context(c),
+                lambda c: auditdb.emit(c, "LOGIN"),
+                lambda c: auditdb.context(c, actor_id="u1").__enter__(),
+            ):
+                with pytest.raises(AuditDBError, match="takes a psycopg 3 connection, not ") as raised:
+                    call(wrong)
+                assert "django.db.connection.connection" in str(raised.value)
+                assert "driver_connection" in str(raised.value)
