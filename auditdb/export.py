@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from auditdb.db import SAFE_SEARCH_PATH, pinned
+from auditdb.errors import AuditDBError
 from auditdb.output import Target
 from auditdb.query import COLUMNS, Filters, JsonText, where_clause
 
@@ -246,6 +247,13 @@ def export(
                 failure = e
             email = actor if actor and "@" in actor else None
             complete = failure is None
+            if conn.closed or conn.broken:
+                # The record is the streaming session's own (its snapshot, its row-level security):
+                # no other connection can write it.
+                raise AuditDBError(
+                    f"the connection to the database was lost while exporting to {output} "
+                    f"({rows} rows written): this export could not be recorded"
+                ) from failure
             conn.execute(
                 "select auditdb.log_export(%s, %s, %s, %s, %s, %s)",
                 (json.dumps(filters.describe()), fmt, actor, email, complete, None if complete else rows),

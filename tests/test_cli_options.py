@@ -6,14 +6,17 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
 from auditdb.cli import cli
+from auditdb.errors import AuditDBError
 from tests.fix_capture import audit_entries
 from tests.fix_roles import MakeRole
 from tests.fix_worker import drain
@@ -205,3 +208,45 @@ def test_closed_or_full_standard_streams_are_one_line(dsn: str, conn: psycopg.Co
     proc = closed("2>&-", "export", "-o", str(target))
     assert proc.returncode == 0 and target.read_text().startswith("Timestamp,")
     assert [e["action"] for e in audit_entries(conn, "action = 'DATA_EXPORTED'")] == ["DATA_EXPORTED"]
+
+
+def test_an_export_whose_connection_is_lost_says_so(
+    dsn: str, conn: psycopg.Connection[Any], pg_server: Any, dbname: str, tmp_path: Path
+) -> None:
+    """Lost half-way: one line naming the output and the rows written, and that it is unrecorded."""
+    from auditdb.export import export
+    from auditdb.query import Filters
+
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, metadata)"
+            " select 'LOGIN', 'User', jsonb_build_object('pad', repeat('x', 2000)) from generate_series(1, 2000)"
+        )
+    fifo = tmp_path / "slow"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def read_slowly() -> None:
+        with open(fifo, "rb") as reader:
+            got.append(reader.read(65536))
+            with psycopg.connect(pg_server.dsn(dbname), autocommit=True) as killer:
+                killer.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = current_database() and query ilike 'copy (%'"
+                )
+            got.append(reader.read())
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    exporter = psycopg.connect(dsn, autocommit=True)
+    try:
+        with pytest.raises(AuditDBError) as raised:
+            export(exporter, Filters(), str(fifo))
+    finally:
+        exporter.close()
+        reader.join(30)
+    message = str(raised.value)
+    assert message.startswith(f"the connection to the database was lost while exporting to {fifo} (")
+    assert message.endswith("rows written): this export could not be recorded")
+    assert got and got[0]
