@@ -30,11 +30,53 @@ def test_a_fresh_install_has_the_expected_structure(conn: psycopg.Connection[Any
     assert structure_differences(conn) == []
 
 
-def test_an_upgrade_from_release_0006_has_the_same_structure(empty_db: str, template_db: str) -> None:
-    install(empty_db, target="0006")
+# Every function of schema auditdb as the catalog holds it: signature, body, kind, rights,
+# settings, owner and ACL; the owner's grant to itself left out (the ACL's first entry).
+FUNCTIONS_SQL = """
+select p.oid::regprocedure::text, p.prokind, p.prosecdef, p.proconfig::text, pg_catalog.md5(p.prosrc),
+       pg_catalog.pg_get_userbyid(p.proowner),
+       array(select a::text from pg_catalog.unnest(p.proacl) a order by 1)::text,
+       pg_catalog.obj_description(p.oid, 'pg_proc')
+  from pg_catalog.pg_proc p where p.pronamespace = 'auditdb'::regnamespace order by 1
+"""
+# Policies, event triggers and the schema's own ACL: the rest of what the definitions make.
+REST_SQL = """
+select 'policy', pol.polrelid::regclass::text || '.' || pol.polname, pol.polcmd::text,
+       pg_catalog.pg_get_expr(pol.polqual, pol.polrelid), pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid),
+       pol.polroles::regrole[]::text
+  from pg_catalog.pg_policy pol join pg_catalog.pg_class c on c.oid = pol.polrelid
+ where c.relnamespace = 'auditdb'::regnamespace
+union all
+select 'event trigger', evtname, evtevent, evtenabled::text, evtfoid::regproc::text, evttags::text
+  from pg_catalog.pg_event_trigger where evtname like 'auditdb%'
+union all
+select 'schema', nspname, pg_catalog.pg_get_userbyid(nspowner), nspacl::text, null, null
+  from pg_catalog.pg_namespace where nspname = 'auditdb'
+order by 1, 2
+"""
+
+
+def _catalog(dsn: str) -> tuple[list[Any], list[Any], list[str]]:
+    with psycopg.connect(dsn) as conn:
+        return (
+            conn.execute(FUNCTIONS_SQL).fetchall(),
+            conn.execute(REST_SQL).fetchall(),
+            structure_differences(conn),
+        )
+
+
+@pytest.mark.parametrize("release", ["0001", "0002", "0003", "0004", "0005", "0006"])
+def test_an_upgrade_from_every_release_ends_as_a_fresh_install(release: str, empty_db: str, dsn: str) -> None:
+    """Tables (structure.txt), functions with their bodies, owners and ACLs, policies, event triggers
+    and the schema's privileges: the same whether installed now or at `release` and upgraded."""
+    install(empty_db, target=release)
     install(empty_db)
-    with psycopg.connect(empty_db) as conn:
-        assert structure_differences(conn) == []
+    functions, rest, differences = _catalog(empty_db)
+    fresh_functions, fresh_rest, _ = _catalog(dsn)
+    assert differences == []
+    assert len(fresh_functions) > 40 and len(fresh_rest) > 10
+    assert functions == fresh_functions
+    assert rest == fresh_rest
 
 
 @pytest.mark.parametrize(
