@@ -277,17 +277,19 @@ def _shown(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def did_you_mean(word: str, names: Iterable[str]) -> str:
+def did_you_mean(word: str, names: Iterable[str], *, parts: bool = True) -> str:
     """' (did you mean 'x'?)' when a column is close to a name or glob, else ''.
 
     A glob that matches a column ignoring case is close; else the glob without its wildcards is
-    compared with each column and each `_`-separated part of one ('pasword' → 'password_hash').
+    compared with each column and (parts) each `_`-separated part of one ('pasword' → 'password_hash').
     """
     names = list(names)
     close = [n for n in names if re.fullmatch(glob_regex(word), n, re.DOTALL | re.IGNORECASE)]
     core = re.sub(r"[*?]", "", word)
     # Whole names as written first; then folded, and each part (the first column owning a part wins).
-    folded = {part: n for n in reversed(names) for part in (n.lower(), *n.lower().split("_")) if part}
+    folded = {
+        part: n for n in reversed(names) for part in (n.lower(), *(n.lower().split("_") if parts else ())) if part
+    }
     for text, candidates in ((core, {n: n for n in names}), (core.lower(), folded)):
         if not close:
             close = [candidates[m] for m in difflib.get_close_matches(text, list(candidates), n=1, cutoff=0.8)]
@@ -335,6 +337,15 @@ def check_columns(cfg: TableConfig, columns: Sequence[str], every: Sequence[str]
     if cfg.tenant is not None and cfg.tenant not in columns:
         if not cfg.tenant_from_defaults:
             raise unknown_column(cfg.qualified, "tenant", cfg.tenant, columns)
+        # A column a typo away is the one meant, most likely: taking the tenant from the session
+        # context instead would file every entry of the table under whatever tenant a session set.
+        # (Whole names only: tenant_name is not a slip for tenant_id.)
+        hint = did_you_mean(cfg.tenant, columns, parts=False)
+        if hint:
+            raise ConfigError(
+                f"{cfg.qualified}: [defaults] tenant names column {cfg.tenant!r}, which the table lacks{hint}: "
+                "its tenant would come from the session context; fix [defaults] tenant (or set the table's own tenant)"
+            )
         notes.append(f"tenant from the session context: no column {cfg.tenant!r} ([defaults] tenant)")
     return notes, warnings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -56,6 +57,10 @@ class ApplyResult:
     # user should know (a tenant taken from the session context)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Columns the installed capture masked that this apply logs in clear (or only last-4 masked),
+    # by table: only with allow_unmask (--unmask), and recorded in the apply's AUDIT_CHANGED entry
+    unmasked: dict[str, list[str]] = field(default_factory=dict)
+    weakened: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _installed(conn: psycopg.Connection[Any]) -> dict[int, list[tuple[int, str, str, str | None]]]:
@@ -234,11 +239,80 @@ def require_superuser(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = False, remove: bool = False) -> ApplyResult:
+def _installed_mask(stored: dict[str, Any], attnum: int, name: str) -> str | None:
+    """How the capture apply installed (from its registry config) masks a column: as the generic
+    capture reads it, by number as resolved at apply, or by the globs on its name now."""
+
+    def by_glob(key: str) -> bool:
+        return any(re.fullmatch(str(rx), name, re.DOTALL) for rx in stored.get(key) or [])
+
+    if attnum in (stored.get("masked_full_attnums") or []) or by_glob("mask_regex"):
+        return "full"
+    if attnum in (stored.get("masked_last4_attnums") or []) or by_glob("mask_last4_regex"):
+        return "last4"
+    return None
+
+
+def _unmasking(
+    conn: psycopg.Connection[Any], plans: list[TablePlan]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Columns the installed capture masks that the config would not, by table: (logged in clear
+    from now on, fully masked until now but only last-4 masked from now on)."""
+    stored = {
+        int(relid): config
+        for relid, config in conn.execute(
+            "select relid::oid, config from auditdb.tracked_tables where relid::oid = any(%s::oid[])",
+            ([p.oid for p in plans],),
+        ).fetchall()
+        if isinstance(config, dict)
+    }
+    clear: dict[str, list[str]] = {}
+    weaker: dict[str, list[str]] = {}
+    for plan in plans:
+        before = stored.get(plan.oid)
+        if before is None:
+            continue
+        for column in plan.columns:
+            was = _installed_mask(before, column.attnum, column.name)
+            if was is not None and column.mask is None:
+                clear.setdefault(plan.config.qualified, []).append(column.name)
+            elif was == "full" and column.mask == "last4":
+                weaker.setdefault(plan.config.qualified, []).append(column.name)
+    return clear, weaker
+
+
+def _unmask_refusal(clear: dict[str, list[str]], weaker: dict[str, list[str]]) -> str:
+    """One line: which columns the config stops masking, and how to go on."""
+    parts = []
+    for table in sorted(set(clear) | set(weaker)):
+        said = []
+        if table in clear:
+            said.append(f"{', '.join(map(repr, clear[table]))} would be logged in clear")
+        if table in weaker:
+            said.append(f"{', '.join(map(repr, weaker[table]))} only last-4 masked")
+        parts.append(f"{table}: column(s) {' and '.join(said)}")
+    return (
+        f"{'; '.join(parts)}, though the installed capture masks them (a mask glob was removed or changed): "
+        "restore the glob, or run apply --unmask to log them in clear from now on"
+    )
+
+
+def apply(
+    conn: psycopg.Connection[Any],
+    config: Config,
+    *,
+    dry_run: bool = False,
+    remove: bool = False,
+    allow_unmask: bool = False,
+) -> ApplyResult:
     """Make the database's capture match the config, in one transaction.
 
     A table captured (or registered) but no longer configured keeps its capture unless remove:
     an empty or mistyped config never turns auditing off by itself. Its name is in `kept`.
+    A column the installed capture masks that the config would log in clear (or only last-4
+    masked) is refused unless allow_unmask (`apply --unmask`): a mask glob lost by mistake would
+    otherwise put secrets in the log for good. When allowed, the columns are in `unmasked` and
+    `weakened`, warned of, and recorded in the apply's AUDIT_CHANGED entry.
     """
     require_superuser(conn)
     # Names in what follows resolve to PostgreSQL's own objects, never to ones planted elsewhere.
@@ -250,8 +324,20 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
         )
         if refused:
             raise ConfigError("; ".join(refused))
+        unmasked, weakened = _unmasking(conn, plans)
+        if (unmasked or weakened) and not allow_unmask:
+            raise ConfigError(_unmask_refusal(unmasked, weakened))
         warnings = [w for p in plans for w in p.warnings]
         warnings += defaults_slips(config, (c for p in plans for c in p.every_column))
+        warnings += [
+            f"{table}: column(s) {', '.join(map(repr, columns))} no longer masked: logged in clear from now on"
+            for table, columns in sorted(unmasked.items())
+        ]
+        warnings += [
+            f"{table}: column(s) {', '.join(map(repr, columns))} only last-4 masked from now on "
+            "(fully masked until now)"
+            for table, columns in sorted(weakened.items())
+        ]
         notes = [f"{p.config.qualified}: {n}" for p in plans for n in p.notes]
         found = _installed(conn)
         statements: list[str] = []
@@ -281,7 +367,7 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
             else:
                 kept.append(_regclass(conn, root))
         text = "\n".join(statements)
-        result = ApplyResult(text, added, replaced, removed, unchanged, kept, warnings, notes)
+        result = ApplyResult(text, added, replaced, removed, unchanged, kept, warnings, notes, unmasked, weakened)
         if dry_run:
             return result
         # Mark the transaction as auditdb's own while it runs, so the event triggers do not log
@@ -289,9 +375,15 @@ def apply(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fals
         conn.execute("select auditdb.begin_maintenance()")
         if text:
             conn.execute(text.encode())
+            change: dict[str, Any] = {"operation": "apply", "added": added, "updated": replaced, "removed": removed}
+            # Who turned a mask off, and when, stays in the log with the first entries it let through.
+            if unmasked:
+                change["unmasked"] = unmasked
+            if weakened:
+                change["masked_last4"] = weakened
             conn.execute(
                 "select auditdb.log_audit_change('AuditConfig', 'apply', 'auditdb apply', null, %s)",
-                (json.dumps({"operation": "apply", "added": added, "updated": replaced, "removed": removed}),),
+                (json.dumps(change),),
             )
         if remove:
             conn.execute("delete from auditdb.tracked_tables where not (relid::oid = any(%s))", (list(configured),))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from auditdb.cli import cli
+from auditdb.config import parse_config
+from auditdb.triggers import apply
 from tests.fix_capture import audit_entries, entries
 from tests.fix_db import scalar
 
@@ -175,6 +178,129 @@ def test_default_tenant_column_a_table_lacks_is_said_per_table(
         ("public.users", "from-row"),
         ("public.notes", "from-context"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("tenant", "hint"), [("tenant_idd", "tenant_id"), ("tenantid", "tenant_id"), ("Tenant_Id", "tenant_id")]
+)
+def test_default_tenant_a_typo_away_from_a_column_is_refused(
+    tenant: str, hint: str, conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    # A note alone would let every entry of users take its tenant from whatever a session set.
+    conn.execute(USERS)
+    conn.execute("create table notes (id int primary key, body text)")
+    toml = f'[defaults]\ntenant = "{tenant}"\n[tables."public.notes"]\n[tables."public.users"]\n'
+    for args in (["apply"], ["apply", "--dry-run"]):
+        _refused(
+            _apply(dsn, tmp_path, toml, *args),
+            f"public.users: [defaults] tenant names column '{tenant}', which the table lacks "
+            f"(did you mean '{hint}'?): its tenant would come from the session context",
+        )
+    assert _captured(conn) == 0 and scalar(conn, "select count(*) from auditdb.tracked_tables") == 0
+    doctor = _apply(dsn, tmp_path, toml, "doctor")
+    assert doctor.exit_code == 1
+    assert any(line.startswith("fail  config") and f"'{tenant}'" in line for line in doctor.stdout.splitlines())
+
+
+def test_default_tenant_with_only_a_column_sharing_a_word_is_a_note(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    # tenant_name is no slip for tenant_id (only part of it is close): the tenant from the context, said.
+    conn.execute("create table teams (id int primary key, tenant_name text)")
+    toml = '[defaults]\ntenant = "tenant_id"\n[tables."public.teams"]\n'
+    result = _apply(dsn, tmp_path, toml, "apply")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "note: public.teams: tenant from the session context: no column 'tenant_id' ([defaults] tenant)"
+    ]
+
+
+# F12: a mask removed from the config would log the column in clear from then on.
+
+ACCOUNTS = "create table accounts (id int primary key, name text, password_hash text, api_key text)"
+MASKED = '[defaults]\nmask = ["password*"]\nmask_last4 = ["api_key*"]\n[tables."public.accounts"]\n'
+
+
+def _signatures(conn: psycopg.Connection[Any]) -> list[Any]:
+    return [
+        *conn.execute("select signature, config from auditdb.tracked_tables order by relid").fetchall(),
+        *conn.execute("select tgname, obj_description(oid, 'pg_trigger') from pg_trigger order by 1").fetchall(),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        # The glob gone from [defaults], or from a table's own settings
+        (
+            '[defaults]\nmask_last4 = ["api_key*"]\n[tables."public.accounts"]\n',
+            "public.accounts: column(s) 'password_hash', 'password_old' would be logged in clear",
+        ),
+        (
+            '[tables."public.accounts"]\nmask = ["password*"]\n',
+            "public.accounts: column(s) 'api_key' would be logged in clear",
+        ),
+        # Fully masked until now, last-4 from now on
+        (
+            '[defaults]\nmask_last4 = ["api_key*", "password_hash"]\nmask = ["password_old"]\n'
+            '[tables."public.accounts"]\n',
+            "public.accounts: column(s) 'password_hash' only last-4 masked",
+        ),
+    ],
+)
+def test_removing_a_mask_is_refused_without_unmask(
+    toml: str, message: str, conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    conn.execute(ACCOUNTS)
+    assert _apply(dsn, tmp_path, MASKED, "apply").exit_code == 0
+    # A column added since apply is masked by the globs on its name (the generic capture): it counts too.
+    conn.execute("alter table accounts add column password_old text")
+    before = _signatures(conn)
+    for args in (["apply"], ["apply", "--dry-run"]):
+        _refused(
+            _apply(dsn, tmp_path, toml, *args),
+            message,
+            "though the installed capture masks them",
+            "run apply --unmask to log them in clear from now on",
+        )
+    assert _signatures(conn) == before
+    conn.execute("insert into accounts values (1, 'ann', 'hash-of-hunter2', 'key-0123456789abcd', 'old-hash')")
+    [created] = entries(conn)
+    assert created["changes"]["password_hash"] == {"new": "***"}
+    assert created["changes"]["password_old"] == {"new": "***"}
+    assert created["changes"]["api_key"] == {"new": "***abcd"}
+    assert not audit_entries(conn, "action = 'AUDIT_CHANGED' and metadata ? 'unmasked'")
+
+
+def test_removing_a_mask_with_allow_unmask_logs_in_clear_and_records_it(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    conn.execute(ACCOUNTS)
+    assert _apply(dsn, tmp_path, MASKED, "apply").exit_code == 0
+    unmasking = '[defaults]\nmask_last4 = ["password_hash"]\n[tables."public.accounts"]\n'
+    config = parse_config(tomllib.loads(unmasking))
+    dry = apply(conn, config, dry_run=True, allow_unmask=True)
+    assert dry.unmasked == {"public.accounts": ["api_key"]}
+    assert dry.weakened == {"public.accounts": ["password_hash"]}
+    result = apply(conn, config, allow_unmask=True)
+    assert result.replaced == ["public.accounts"]
+    assert result.unmasked == {"public.accounts": ["api_key"]}
+    assert result.warnings == [
+        "public.accounts: column(s) 'api_key' no longer masked: logged in clear from now on",
+        "public.accounts: column(s) 'password_hash' only last-4 masked from now on (fully masked until now)",
+    ]
+    [logged] = audit_entries(conn, "action = 'AUDIT_CHANGED' and metadata ? 'unmasked'")
+    assert logged["metadata"]["unmasked"] == {"public.accounts": ["api_key"]}
+    assert logged["metadata"]["masked_last4"] == {"public.accounts": ["password_hash"]}
+    assert logged["metadata"]["updated"] == ["public.accounts"]
+    conn.execute("insert into accounts values (1, 'ann', 'hash-of-hunter2', 'key-0123456789abcd')")
+    [created] = entries(conn)
+    assert created["changes"]["api_key"] == {"new": "key-0123456789abcd"}
+    assert created["changes"]["password_hash"] == {"new": "***ter2"}
+    # Applied as the config now says, the same config is no longer a change of mask.
+    again = _apply(dsn, tmp_path, unmasking, "apply")
+    assert again.exit_code == 0 and again.stdout == "nothing to do: 1 table(s) match the config\n"
+    assert again.stderr == ""
 
 
 # Item 2: removing capture needs --remove.
