@@ -268,8 +268,14 @@ def partitions_prune(ctx: click.Context, older_than: int, export_dir: Path | Non
     help="Also remove the capture of tables captured but no longer in the config (without it, apply names them "
     "and leaves them captured).",
 )
+@click.option(
+    "--unmask",
+    is_flag=True,
+    help="Allow a config that stops masking a column the installed capture masks (or masks it only to its last "
+    "4 characters): its values are logged in clear from now on, and the entry of this apply names it.",
+)
 @click.pass_context
-def apply_cmd(ctx: click.Context, dry_run: bool, remove: bool) -> None:
+def apply_cmd(ctx: click.Context, dry_run: bool, remove: bool, unmask: bool) -> None:
     """Make the database's capture triggers match auditdb.toml: add and update; remove with --remove.
 
     Everything happens in one transaction. Each tracked table gets a generated capture
@@ -277,7 +283,8 @@ def apply_cmd(ctx: click.Context, dry_run: bool, remove: bool) -> None:
     captured but no longer configured keeps its capture unless --remove is given: apply names it
     (on stderr) and exits 0. Settings that name a column the table lacks, a mask glob of a
     table's own that matches none of its columns, and tables auditdb cannot track are refused,
-    changing nothing. Needs a superuser.
+    changing nothing; so is a config that would unmask a column, unless --unmask is given. Needs a
+    superuser.
     """
     from auditdb.config import load_config
     from auditdb.triggers import apply, require_superuser
@@ -286,7 +293,7 @@ def apply_cmd(ctx: click.Context, dry_run: bool, remove: bool) -> None:
     with _connection(ctx, installed=False) as conn:
         require_superuser(conn)  # before anything else, so a plain role hears what it lacks
         db.require_installed(conn)
-        result = apply(conn, config, dry_run=dry_run, remove=remove)
+        result = apply(conn, config, dry_run=dry_run, remove=remove, allow_unmask=unmask)
     for line in result.warnings:
         click.echo(f"warning: {safe(line)}", err=True)
     for line in result.notes:

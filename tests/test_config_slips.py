@@ -431,3 +431,15 @@ def test_a_temporary_table_in_its_own_schema_is_refused(
         f"{schema}.scratch cannot be tracked: it is a temporary table (it lives only as long as its session)",
     )
     assert _captured(conn) == 0
+
+
+def test_apply_unmask_on_the_command_line(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    conn.execute(ACCOUNTS)
+    assert _apply(dsn, tmp_path, MASKED, "apply").exit_code == 0
+    clear = '[tables."public.accounts"]\n'
+    _refused(_apply(dsn, tmp_path, clear, "apply"), "would be logged in clear", "run apply --unmask")
+    allowed = _apply(dsn, tmp_path, clear, "apply", "--unmask")
+    assert allowed.exit_code == 0 and allowed.stdout == "updated public.accounts\n", allowed.output
+    assert "no longer masked: logged in clear from now on" in allowed.stderr
+    [logged] = audit_entries(conn, "action = 'AUDIT_CHANGED' and metadata ? 'unmasked'")
+    assert sorted(logged["metadata"]["unmasked"]["public.accounts"]) == ["api_key", "password_hash"]
