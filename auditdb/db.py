@@ -120,8 +120,12 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "unknown error"
 
 
-def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
-    """Return the installed schema version, or raise NotInstalledError."""
+def require_installed(conn: psycopg.Connection[tuple[object, ...]], *, needs: str | None = None) -> str:
+    """Return the installed schema version, or raise NotInstalledError.
+
+    needs: what the command needs, for the message to a role that may not read auditdb's schema
+    (e.g. "an admin of this database"); by default what reading the log needs.
+    """
     from auditdb.install import HEAD_REVISION, definitions_marker, installed_marker
 
     # Existence through the catalog: to_regclass() needs USAGE on the schema.
@@ -139,9 +143,11 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
         if not conn.autocommit:
             conn.rollback()
         user = conn.info.user
+        if needs is not None:
+            raise PermissionDenied(f"permission denied: this command needs {needs}; role {user} is not one") from e
         raise PermissionDenied(
-            f"permission denied: role {user} needs auditdb_admin or auditdb_viewer here (an administrator runs "
-            f"auditdb grant {user} --admin to read and manage, or --viewer --tenant T to read a tenant's entries)"
+            f"permission denied: role {user} needs auditdb_admin or auditdb_viewer here to read the log (a superuser "
+            f"runs auditdb grant {user} --admin to read and manage, or --viewer --tenant T to read a tenant's entries)"
         ) from e
     version = str(version_row[0]) if version_row else ""
     if version != HEAD_REVISION:
@@ -156,15 +162,48 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     return version
 
 
+# What only an admin of this database's log (or a superuser) may call: partitions and the worker.
+ADMIN_FUNCTIONS = frozenset(
+    {
+        "ensure_partitions",
+        "partitions",
+        "month_start",
+        "record_archive",
+        "prune_partitions",
+        "process_events",
+        "worker_beat",
+        "live_workers",
+        "wakeup_hold",
+        "wakeup_release",
+    }
+)
+ADMIN_NEEDED = "an admin of this database (a superuser runs auditdb grant ROLE --admin) or a superuser"
+SUPERUSER_NEEDED = "a superuser"
+
+
+def _needed(message: str) -> str:
+    """What a privilege PostgreSQL refused needs, as far as auditdb's commands go ("" when not auditdb's)."""
+    match = re.fullmatch(r"permission denied for (function|table|schema|sequence|view) (\w+)", message)
+    if match and match.group(1) == "function" and match.group(2) in ADMIN_FUNCTIONS:
+        return f"partitions and the worker need {ADMIN_NEEDED}"
+    if match or re.fullmatch(r"must be owner of .*auditdb.*", message):
+        # Readers pass through their own checks first; what is left (status, doctor, apply,
+        # install, uninstall) reads or changes auditdb's schema and catalog as a superuser.
+        return "status, doctor, apply, install and uninstall need a superuser"
+    return ""
+
+
 def describe_error(e: psycopg.Error) -> AuditDBError:
     """Turn a database error into one actionable line."""
     diag = e.diag
     message = diag.message_primary or _first_line(str(e))
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
-        hint = f" ({diag.message_hint})" if diag.message_hint else ""
+        hint = diag.message_hint.strip().rstrip(".") if diag.message_hint else ""
+        if not hint:
+            hint = _needed(message)
         # PostgreSQL's own messages already say so ("permission denied for table x").
         prefix = "" if message.lower().startswith("permission denied") else "permission denied: "
-        return PermissionDenied(f"{prefix}{message}{hint}")
+        return PermissionDenied(f"{prefix}{message}" + (f" ({hint})" if hint else ""))
     text = message
     if diag.message_hint:
         text += f" — {diag.message_hint}"
