@@ -177,16 +177,39 @@ ADMIN_FUNCTIONS = frozenset(
         "wakeup_release",
     }
 )
+# auditdb's objects that status and doctor read: another role is refused them by PostgreSQL.
+_SUPERUSER_OBJECTS = {
+    "function": frozenset({"type_kind", "scalar_base_type", "exact_equality"}),
+    "schema": frozenset({"auditdb"}),
+    "table": frozenset(
+        {
+            "admin_roles",
+            "alembic_version",
+            "event_dead_letter",
+            "event_queue",
+            "log",
+            "maintenance",
+            "partition_archive",
+            "settings",
+            "tenant_from_context_roles",
+            "tenant_roles",
+            "tracked_tables",
+            "worker_heartbeat",
+        }
+    ),
+}
 ADMIN_NEEDED = "an admin of this database (a superuser runs auditdb grant ROLE --admin) or a superuser"
-SUPERUSER_NEEDED = "a superuser"
 
 
 def _needed(message: str) -> str:
     """What a privilege PostgreSQL refused needs, as far as auditdb's commands go ("" when not auditdb's)."""
-    match = re.fullmatch(r"permission denied for (function|table|schema|sequence|view) (\w+)", message)
-    if match and match.group(1) == "function" and match.group(2) in ADMIN_FUNCTIONS:
+    match = re.fullmatch(r"permission denied for (function|table|schema) (\w+)", message)
+    if not match:
+        return ""
+    kind, name = match.groups()
+    if kind == "function" and name in ADMIN_FUNCTIONS:
         return f"partitions and the worker need {ADMIN_NEEDED}"
-    if match or re.fullmatch(r"must be owner of .*auditdb.*", message):
+    if name in _SUPERUSER_OBJECTS.get(kind, ()) or re.fullmatch(r"log_(default|\d{4}_\d{2})", name):
         # Readers pass through their own checks first; what is left (status, doctor, apply,
         # install, uninstall) reads or changes auditdb's schema and catalog as a superuser.
         return "status, doctor, apply, install and uninstall need a superuser"
