@@ -7,10 +7,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from auditdb.db import pinned
-from auditdb.errors import AuditDBError
+from auditdb.db import pinned, require_installed
+from auditdb.errors import AuditDBError, PermissionDenied
+from auditdb.triggers import require_superuser
 
-__all__ = ["ROLES", "grant", "revoke"]
+__all__ = ["ROLES", "check_tenants", "grant", "require_granter", "require_superuser_to", "revoke"]
 
 ROLES = {"admin": "auditdb_admin", "viewer": "auditdb_viewer", "writer": "auditdb_writer"}
 
@@ -20,8 +21,42 @@ def _quoted(role: str) -> str:
     return sql.Identifier(role).as_string()
 
 
-def _check_role(conn: psycopg.Connection[Any], role: str) -> None:
+def require_superuser_to(conn: psycopg.Connection[Any], command: str, why: str) -> None:
+    """Refuse `auditdb <command>`, before anything is read or changed, unless the session's role is a superuser."""
+    try:
+        require_superuser(conn)
+    except PermissionDenied as e:
+        row = conn.execute("select current_user").fetchone()
+        role = row[0] if row else "?"
+        raise PermissionDenied(
+            f"permission denied: `auditdb {command}` needs a superuser ({why}); role {role} is not one"
+        ) from e
+
+
+def require_granter(conn: psycopg.Connection[Any], verb: str) -> None:
+    """Refuse grant and revoke unless a superuser runs them, then require auditdb installed.
+
+    Granting membership in auditdb's roles needs ADMIN OPTION on them, and an admin holding that
+    could grant auditdb_admin at will, past the grants recorded (and logged) here.
+    """
+    require_superuser_to(conn, verb, "granting auditdb's roles needs ADMIN OPTION on them, which admins do not hold")
+    require_installed(conn)
+
+
+def check_tenants(kind: str, tenants: tuple[str, ...], tenant_from_context: bool) -> None:
+    """Refuse tenants and modes that do not go with kind, or an empty tenant (misuse: raises ValueError)."""
+    if (tenants or tenant_from_context) and kind != "viewer":
+        raise ValueError("--tenant and --tenant-from-context go with --viewer only")
+    if tenants and tenant_from_context:
+        raise ValueError("a viewer is bound to --tenant T … or reads --tenant-from-context, not both")
+    if any(not t.strip() for t in tenants):
+        raise ValueError("an empty tenant: name one (--tenant T)")
+
+
+def _check_role(conn: psycopg.Connection[Any], role: str, *, creating: bool = True) -> None:
     if conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is None:
+        if not creating:
+            raise AuditDBError(f"role {role!r} does not exist")
         raise AuditDBError(f"role {role!r} does not exist: create it first (create role … login)")
     if role in ROLES.values() or role in ("auditdb_owner", "auditdb_capture"):
         raise AuditDBError(f"{role} is one of auditdb's own roles: grant it to a login role instead")
@@ -41,11 +76,12 @@ def grant(
     they set or become), or with tenant_from_context reads the tenant its session names in
     auditdb.tenant_id (for one application role serving many tenants) while bound to none.
     """
+    try:
+        check_tenants(kind, tenants, tenant_from_context)
+    except ValueError as e:
+        raise AuditDBError(str(e)) from None
+    require_granter(conn, "grant")
     _check_role(conn, role)
-    if (tenants or tenant_from_context) and kind != "viewer":
-        raise AuditDBError("--tenant and --tenant-from-context go with --viewer only")
-    if tenants and tenant_from_context:
-        raise AuditDBError("a viewer is bound to --tenant T … or reads --tenant-from-context, not both")
     with pinned(conn):
         conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(ROLES[kind]), sql.Identifier(role)))
         for tenant in tenants:
@@ -128,7 +164,12 @@ def revoke(
 
     Refuses, changing and logging nothing, when role does not hold what is named.
     """
-    _check_role(conn, role)
+    try:
+        check_tenants(kind, tenants, tenant_from_context)
+    except ValueError as e:
+        raise AuditDBError(str(e)) from None
+    require_granter(conn, "revoke")
+    _check_role(conn, role, creating=False)
     with pinned(conn):
         roleid = _quoted(role)
         _check_held(conn, role, kind, tenants, tenant_from_context=tenant_from_context)

@@ -184,9 +184,20 @@ def uninstall_cmd(ctx: click.Context, yes: bool) -> None:
     """
     if not yes:
         raise click.UsageError("uninstall drops every audit entry; run it again with --yes to confirm")
+    from auditdb.access import require_superuser_to
+
     with _connection(ctx, installed=False) as conn:
+        require_superuser_to(conn, "uninstall", "it drops schema auditdb and its event triggers")
         removed = uninstall(conn)
     click.echo("removed schema auditdb (roles kept)" if removed else "auditdb was not installed; nothing to do")
+
+
+@contextmanager
+def _admin_connection(ctx: click.Context) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for the partitions commands: a role that may not read auditdb is told what they need."""
+    with _connection(ctx, installed=False) as conn:
+        db.require_installed(conn, needs=db.ADMIN_NEEDED)
+        yield conn
 
 
 @cli.group(name="partitions", cls=_Group)
@@ -198,7 +209,7 @@ def partitions_group() -> None:
 @click.pass_context
 def partitions_list(ctx: click.Context) -> None:
     """List the monthly partitions with estimated rows and size."""
-    with _connection(ctx) as conn:
+    with _admin_connection(ctx) as conn:
         parts = partitions.list_partitions(conn)
     click.echo(f"{'partition':<16} {'month (UTC)':<11} {'rows (est.)':>12} {'size':>10}")
     for p in parts:
@@ -216,7 +227,7 @@ def partitions_list(ctx: click.Context) -> None:
 @click.pass_context
 def partitions_ensure(ctx: click.Context, months_ahead: int) -> None:
     """Create the partitions of this month and the next months where missing."""
-    with _connection(ctx) as conn:
+    with _admin_connection(ctx) as conn:
         created = partitions.ensure(conn, months_ahead)
     if created:
         for name in created:
@@ -251,7 +262,7 @@ def partitions_prune(ctx: click.Context, older_than: int, export_dir: Path | Non
         if sys.stderr.isatty():
             click.echo(f"  archiving {name}: {rows} rows…", err=True)
 
-    with _connection(ctx) as conn:
+    with _admin_connection(ctx) as conn:
         dropped = partitions.prune(conn, older_than, export_dir=export_dir, force=force, progress=progress)
     if not dropped:
         click.echo(f"no month older than {older_than} month(s) to drop")

@@ -44,18 +44,15 @@ def _filter_options(f: Any) -> Any:
 
 
 def _filters(kwargs: dict[str, Any]) -> Any:
-    from auditdb.query import Filters, parse_time
+    from auditdb.query import Filters
 
     for action in kwargs["actions"]:
         if not re.fullmatch(r"[A-Z][A-Z0-9_]*", action):
             raise click.BadParameter(f"{action!r} is not an action name (e.g. LOGIN_FAILED)", param_hint="--action")
     times = {}
     for key in ("since", "until"):
-        if kwargs[key]:
-            try:
-                times[key] = parse_time(kwargs[key])
-            except AuditDBError as e:
-                raise click.BadParameter(str(e), param_hint=f"--{key}") from None
+        if kwargs[key] is not None:
+            times[key] = _time(kwargs[key], f"--{key}")
     return Filters(
         since=times.get("since"),
         until=times.get("until"),
@@ -67,6 +64,39 @@ def _filters(kwargs: dict[str, Any]) -> Any:
         tenant=kwargs["tenant"],
         search=kwargs["search"],
     )
+
+
+def _time(text: str, option: str) -> Any:
+    """A time an option names; empty is a usage error, not "no filter"."""
+    from auditdb.query import parse_time
+
+    if not text.strip():
+        raise click.BadParameter(
+            "an empty time: give one (2026-11-01, 2026-11-01T08:00 or 30m/12h/7d/2w)", param_hint=option
+        )
+    try:
+        return parse_time(text)
+    except AuditDBError as e:
+        raise click.BadParameter(str(e), param_hint=option) from None
+
+
+def _warn_unlisted_admin(conn: psycopg.Connection[Any]) -> None:
+    """auditdb_admin granted by plain GRANT (or for another database) reads nothing here: say so, not just nothing."""
+    row = conn.execute(
+        "select session_user::text, pg_catalog.pg_has_role(session_user, 'auditdb_admin', 'MEMBER')"
+    ).fetchone()
+    if row is None or not row[1]:
+        return  # asked apart: a role without auditdb_admin may not call the functions below
+    role = row[0]
+    reads = conn.execute(
+        "select auditdb.reader_sees_all() or pg_catalog.cardinality(auditdb.reader_tenants()) > 0"
+    ).fetchone()
+    if reads is not None and not reads[0]:
+        click.echo(
+            f"warning: role {role} holds auditdb_admin but is not an admin of this database: it reads nothing here "
+            f"until a superuser runs auditdb grant {role} --admin",
+            err=True,
+        )
 
 
 def _reader_error(e: psycopg.Error, conn_user: str) -> AuditDBError:
@@ -101,7 +131,9 @@ def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
 @cli.command(name="log")
 @_filter_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
-@click.option("--before-id", type=int, metavar="ID", help="Page on: entries older than entry ID.")
+@click.option(
+    "--before-id", type=click.IntRange(1, 2**63 - 1), metavar="ID", help="Page on: entries older than entry ID."
+)
 @click.option(
     "--format",
     "fmt",
@@ -122,11 +154,14 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
     import csv as csvmod
 
     from auditdb.export import CSV_HEADER, csv_lines, entries_json
-    from auditdb.query import fetch
+    from auditdb.query import fetch, get_entry
 
     filters = _filters(kwargs)
     with _connection(ctx) as conn:
+        _warn_unlisted_admin(conn)
         try:
+            if before_id is not None and get_entry(conn, before_id) is None:
+                raise AuditDBError(f"no entry {before_id} (or not visible to this role)")
             if fmt == "csv":
                 lines = csv_lines(conn, filters, limit=limit, before_id=before_id)
             else:
@@ -179,6 +214,7 @@ def show(ctx: click.Context, entry_id: int) -> None:
     from auditdb.query import COLUMNS, get_entry
 
     with _connection(ctx) as conn:
+        _warn_unlisted_admin(conn)
         try:
             entry = get_entry(conn, entry_id)
         except psycopg.Error as e:
@@ -209,15 +245,11 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
     Values print as stored (10.00 stays 10.00); an entry with no actor is `by -`, as in log and show.
     """
     from auditdb.query import history as entity_history
-    from auditdb.query import parse_time, state_at
+    from auditdb.query import state_at
 
-    moment = None
-    if as_of:
-        try:
-            moment = parse_time(as_of)
-        except AuditDBError as e:
-            raise click.BadParameter(str(e), param_hint="--as-of") from None
+    moment = None if as_of is None else _time(as_of, "--as-of")
     with _connection(ctx) as conn:
+        _warn_unlisted_admin(conn)
         try:
             entries = entity_history(conn, entity_type, entity_id)
         except psycopg.Error as e:
@@ -285,6 +317,7 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
             click.echo(f"\r  {rows:,} rows…", nl=False, err=True)
 
     with _connection(ctx) as conn, _printing(ctx, output):
+        _warn_unlisted_admin(conn)
         try:
             rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
         except psycopg.Error as e:
@@ -298,7 +331,8 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
 _KINDS = ("admin", "viewer", "writer")
 _ACCESS_HELP = {
     "grant": {
-        "admin": "Read every tenant's entries here, export, grant and revoke, manage partitions.",
+        "admin": "Read every tenant's entries here, export, manage partitions and run the worker (grant and revoke "
+        "need a superuser).",
         "viewer": "Read the entries of its tenant(s): bound with --tenant, or --tenant-from-context.",
         "writer": "Set the session context and emit events.",
         "tenant": "With --viewer: bind to a tenant (repeatable); the role and its members see only these.",
@@ -339,17 +373,30 @@ def _one_kind(verb: str, kinds: dict[str, bool]) -> str:
     return given[0]
 
 
+def _usage(kind: str, tenants: tuple[str, ...], tenant_from_context: bool) -> None:
+    from auditdb.access import check_tenants
+
+    try:
+        check_tenants(kind, tenants, tenant_from_context)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
 @cli.command(name="grant")
 @_access_options("grant")
 @click.pass_context
 def grant_cmd(
     ctx: click.Context, /, role: str, tenants: tuple[str, ...], tenant_from_context: bool, **kinds: bool
 ) -> None:
-    """Let ROLE read (--admin, or --viewer bound to --tenant T…) or emit (--writer); logged as PERMISSION_GRANT."""
+    """Let ROLE read (--admin, or --viewer bound to --tenant T…) or emit (--writer); logged as PERMISSION_GRANT.
+
+    Needs a superuser (granting auditdb's roles needs ADMIN OPTION on them).
+    """
     from auditdb.access import grant
 
     kind = _one_kind("grant", kinds)
-    with _connection(ctx) as conn:
+    _usage(kind, tenants, tenant_from_context)
+    with _connection(ctx, installed=False) as conn:
         grant(conn, role, kind, tenants, tenant_from_context=tenant_from_context)
     click.echo(f"granted auditdb_{kind} to {role}" + _scope(tenants, tenant_from_context))
 
@@ -369,11 +416,12 @@ def revoke_cmd(
     """Take back what grant gave ROLE (--viewer --tenant T: only those tenants); logged as PERMISSION_REVOKE.
 
     Refuses, changing nothing, when ROLE does not hold what is named (or holds it only through
-    another role, which is named).
+    another role, which is named). Needs a superuser.
     """
     from auditdb.access import revoke
 
     kind = _one_kind("revoke", kinds)
-    with _connection(ctx) as conn:
+    _usage(kind, tenants, tenant_from_context)
+    with _connection(ctx, installed=False) as conn:
         revoke(conn, role, kind, tenants, tenant_from_context=tenant_from_context)
     click.echo(f"revoked auditdb_{kind} from {role}" + _scope(tenants, tenant_from_context))

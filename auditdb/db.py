@@ -121,8 +121,12 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "unknown error"
 
 
-def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
-    """Return the installed schema version, or raise NotInstalledError."""
+def require_installed(conn: psycopg.Connection[tuple[object, ...]], *, needs: str | None = None) -> str:
+    """Return the installed schema version, or raise NotInstalledError.
+
+    needs: what the command needs, for the message to a role that may not read auditdb's schema
+    (e.g. "an admin of this database"); by default what reading the log needs.
+    """
     from auditdb.install import HEAD_REVISION, definitions_marker, installed_marker
 
     # Existence through the catalog: to_regclass() needs USAGE on the schema.
@@ -140,9 +144,11 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
         if not conn.autocommit:
             conn.rollback()
         user = conn.info.user
+        if needs is not None:
+            raise PermissionDenied(f"permission denied: this command needs {needs}; role {user} is not one") from e
         raise PermissionDenied(
-            f"permission denied: role {user} needs auditdb_admin or auditdb_viewer here (an administrator runs "
-            f"auditdb grant {user} --admin to read and manage, or --viewer --tenant T to read a tenant's entries)"
+            f"permission denied: role {user} needs auditdb_admin or auditdb_viewer here to read the log (a superuser "
+            f"runs auditdb grant {user} --admin to read and manage, or --viewer --tenant T to read a tenant's entries)"
         ) from e
     version = str(version_row[0]) if version_row else ""
     if version != HEAD_REVISION:
@@ -157,15 +163,71 @@ def require_installed(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     return version
 
 
+# What only an admin of this database's log (or a superuser) may call: partitions and the worker.
+ADMIN_FUNCTIONS = frozenset(
+    {
+        "ensure_partitions",
+        "partitions",
+        "month_start",
+        "record_archive",
+        "prune_partitions",
+        "process_events",
+        "worker_beat",
+        "live_workers",
+        "wakeup_hold",
+        "wakeup_release",
+    }
+)
+# auditdb's objects that status and doctor read: another role is refused them by PostgreSQL.
+_SUPERUSER_OBJECTS = {
+    "function": frozenset({"type_kind", "scalar_base_type", "exact_equality"}),
+    "schema": frozenset({"auditdb"}),
+    "table": frozenset(
+        {
+            "admin_roles",
+            "alembic_version",
+            "event_dead_letter",
+            "event_queue",
+            "log",
+            "maintenance",
+            "partition_archive",
+            "settings",
+            "tenant_from_context_roles",
+            "tenant_roles",
+            "tracked_tables",
+            "worker_heartbeat",
+        }
+    ),
+}
+ADMIN_NEEDED = "an admin of this database (a superuser runs auditdb grant ROLE --admin) or a superuser"
+
+
+def _needed(message: str) -> str:
+    """What a privilege PostgreSQL refused needs, as far as auditdb's commands go ("" when not auditdb's)."""
+    match = re.fullmatch(r"permission denied for (function|table|schema) (\w+)", message)
+    if not match:
+        return ""
+    kind, name = match.groups()
+    if kind == "function" and name in ADMIN_FUNCTIONS:
+        return f"partitions and the worker need {ADMIN_NEEDED}"
+    if name in _SUPERUSER_OBJECTS.get(kind, ()) or re.fullmatch(r"log_(default|\d{4}_\d{2})", name):
+        # Readers pass through their own checks first; what is left (status, doctor, apply,
+        # install, uninstall) reads or changes auditdb's schema and catalog as a superuser.
+        return "status, doctor, apply, install and uninstall need a superuser"
+    return ""
+
+
 def describe_error(e: psycopg.Error) -> AuditDBError:
     """Turn a database error into one actionable line."""
     diag = e.diag
     message = diag.message_primary or _first_line(str(e))
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
-        hint = f" ({diag.message_hint})" if diag.message_hint else ""
+        hint = diag.message_hint.strip().rstrip(".") if diag.message_hint else ""
+        if not hint:
+            hint = _needed(message)
         # PostgreSQL's own messages already say so ("permission denied for table x").
         prefix = "" if message.lower().startswith("permission denied") else "permission denied: "
-        return PermissionDenied(f"{prefix}{message}{hint}")
+        return PermissionDenied(f"{prefix}{message}" + (f" ({hint})" if hint else ""))
     text = message
     if diag.message_hint:
         text += f" — {diag.message_hint}"
