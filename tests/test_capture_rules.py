@@ -164,3 +164,31 @@ def test_hostile_names_render_parse_and_run(conn: psycopg.Connection[Any], track
     assert create["changes"]["user"] == {"new": 1}
     assert bumped["action"] == "BUMPED"
     assert create["table_name"] == f'"Odd Schema"."{table.replace(chr(34), chr(34) * 2)}"'
+
+
+@pytest.mark.parametrize("first", ["PASSWORD_CHANGED", "ROLE_CHANGED"])
+def test_the_first_matching_rule_wins_in_both_captures(conn: psycopg.Connection[Any], track: Track, first: str) -> None:
+    """An UPDATE matching two rules is logged once, with the action of the rule listed first, by the
+    generated capture and by the generic one a schema change falls back to."""
+    rules = {
+        "PASSWORD_CHANGED": '{ on = "UPDATE", when = "OLD.pw IS DISTINCT FROM NEW.pw", action = "PASSWORD_CHANGED" }',
+        "ROLE_CHANGED": '{ on = "UPDATE", when = "OLD.role IS DISTINCT FROM NEW.role", action = "ROLE_CHANGED" }',
+    }
+    ordered = [rules[first], *(r for a, r in rules.items() if a != first)]
+    track(
+        "create table accounts (id int primary key, pw text, role text)",
+        f'[tables."public.accounts"]\nmask = ["pw"]\nrules = [{", ".join(ordered)}]\n',
+    )
+    conn.execute("insert into accounts values (1, 'h1', 'USER')")
+    conn.execute("update accounts set pw = 'h2', role = 'ADMIN' where id = 1")
+    # A column added and dropped: capture goes generic until the next apply.
+    conn.execute("alter table accounts add column spare int")
+    conn.execute("alter table accounts drop column spare")
+    bodies = conn.execute(
+        "select distinct pg_catalog.obj_description(tgfoid, 'pg_proc') from pg_trigger"
+        " where tgrelid = 'accounts'::regclass and not tgisinternal"
+    ).fetchall()
+    assert bodies == [("auditdb:generic",)], bodies
+    conn.execute("update accounts set pw = 'h3', role = 'USER' where id = 1")
+    updates = [e["action"] for e in entries(conn, "action not in ('CREATE', 'AUDIT_CHANGED')")]
+    assert updates == [first, first]
