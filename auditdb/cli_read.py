@@ -109,6 +109,18 @@ def _reader_error(e: psycopg.Error, conn_user: str) -> AuditDBError:
 
 
 @contextmanager
+def _reading(ctx: click.Context) -> Iterator[psycopg.Connection[Any]]:
+    """A reader's connection: a role that reads nothing here is warned, and what PostgreSQL refuses
+    inside is said as a reader needs to hear it."""
+    with _connection(ctx) as conn:
+        _warn_unlisted_admin(conn)
+        try:
+            yield conn
+        except psycopg.Error as e:
+            raise _reader_error(e, conn.info.user) from e
+
+
+@contextmanager
 def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
     """Writing to stdout: a reader that went away (`| head`) ends the command quietly.
 
@@ -157,17 +169,13 @@ def log_cmd(ctx: click.Context, /, limit: int, before_id: int | None, fmt: str, 
     from auditdb.query import fetch, get_entry
 
     filters = _filters(kwargs)
-    with _connection(ctx) as conn:
-        _warn_unlisted_admin(conn)
-        try:
-            if before_id is not None and get_entry(conn, before_id) is None:
-                raise AuditDBError(f"no entry {before_id} (or not visible to this role)")
-            if fmt == "csv":
-                lines = csv_lines(conn, filters, limit=limit, before_id=before_id)
-            else:
-                rows = fetch(conn, filters, limit=limit, before_id=before_id)
-        except psycopg.Error as e:
-            raise _reader_error(e, conn.info.user) from e
+    with _reading(ctx) as conn:
+        if before_id is not None and get_entry(conn, before_id) is None:
+            raise AuditDBError(f"no entry {before_id} (or not visible to this role)")
+        if fmt == "csv":
+            lines = csv_lines(conn, filters, limit=limit, before_id=before_id)
+        else:
+            rows = fetch(conn, filters, limit=limit, before_id=before_id)
     with _printing(ctx):
         if fmt == "json":
             for piece in entries_json(rows):
@@ -213,12 +221,8 @@ def show(ctx: click.Context, entry_id: int) -> None:
     """
     from auditdb.query import COLUMNS, get_entry
 
-    with _connection(ctx) as conn:
-        _warn_unlisted_admin(conn)
-        try:
-            entry = get_entry(conn, entry_id)
-        except psycopg.Error as e:
-            raise _reader_error(e, conn.info.user) from e
+    with _reading(ctx) as conn:
+        entry = get_entry(conn, entry_id)
     if entry is None:
         raise AuditDBError(f"no entry {entry_id} (or not visible to this role)")
     with _printing(ctx):
@@ -248,12 +252,8 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
     from auditdb.query import state_at
 
     moment = None if as_of is None else _time(as_of, "--as-of")
-    with _connection(ctx) as conn:
-        _warn_unlisted_admin(conn)
-        try:
-            entries = entity_history(conn, entity_type, entity_id)
-        except psycopg.Error as e:
-            raise _reader_error(e, conn.info.user) from e
+    with _reading(ctx) as conn:
+        entries = entity_history(conn, entity_type, entity_id)
     if moment is None and not entries:
         raise AuditDBError(f"no entries for {entity_type} {entity_id} (or not visible to this role)")
     with _printing(ctx):
@@ -316,12 +316,8 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
         if show_progress:
             click.echo(f"\r  {rows:,} rows…", nl=False, err=True)
 
-    with _connection(ctx) as conn, _printing(ctx, output):
-        _warn_unlisted_admin(conn)
-        try:
-            rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
-        except psycopg.Error as e:
-            raise _reader_error(e, conn.info.user) from e
+    with _reading(ctx) as conn, _printing(ctx, output):
+        rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
     if show_progress:
         click.echo("", err=True)
     if not is_stdout(output):
