@@ -15,6 +15,8 @@ import click
 import psycopg
 
 from auditdb import db, partitions
+from auditdb.cli_common import connection as _connection
+from auditdb.cli_read import COMMANDS as READING_COMMANDS
 from auditdb.errors import AuditDBError
 from auditdb.install import install as run_install
 from auditdb.install import install_sql, uninstall
@@ -128,18 +130,6 @@ def _optional_config(ctx: click.Context) -> Any:
 
     path: Path = ctx.obj["config_path"]
     return load_config(path) if path.exists() else None
-
-
-@contextmanager
-def _connection(ctx: click.Context, *, installed: bool = True) -> Iterator[psycopg.Connection[Any]]:
-    # Autocommit, so each `with conn.transaction()` of the library is a real transaction.
-    conn = db.connect(ctx.obj["dsn"], autocommit=True)
-    try:
-        if installed:
-            db.require_installed(conn)
-        yield conn
-    finally:
-        conn.close()
 
 
 @cli.command()
@@ -446,5 +436,6 @@ def main() -> None:
         sys.exit(1)
 
 
-# The reading and access commands live in their own module; importing it registers them.
-from auditdb import cli_read  # noqa: E402, F401
+# The reading and access commands live in their own module.
+for _command in READING_COMMANDS:
+    cli.add_command(_command)

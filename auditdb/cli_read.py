@@ -15,10 +15,12 @@ import click
 import psycopg
 
 from auditdb import db
-from auditdb.cli import _connection, cli
+from auditdb.cli_common import connection as _connection
 from auditdb.errors import AuditDBError
 from auditdb.output import STDOUT, is_stdout, stdout_gone
 from auditdb.render import NOBODY, change_lines, safe, table_lines, value_text
+
+__all__ = ["COMMANDS"]
 
 
 def _filter_options(f: Any) -> Any:
@@ -140,7 +142,7 @@ def _printing(ctx: click.Context, output: str = "-") -> Iterator[None]:
         raise OSError(e.errno, e.strerror, e.filename or STDOUT) from e
 
 
-@cli.command(name="log")
+@click.command(name="log")
 @_filter_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many.")
 @click.option(
@@ -211,7 +213,7 @@ def _who(entry: dict[str, Any]) -> str:
     return str(entry["actor_email"] or entry["actor_id"] or entry["actor_name"] or NOBODY)
 
 
-@cli.command()
+@click.command()
 @click.argument("entry_id", type=int)
 @click.pass_context
 def show(ctx: click.Context, entry_id: int) -> None:
@@ -238,7 +240,7 @@ def show(ctx: click.Context, entry_id: int) -> None:
             click.echo(f"  {line}")
 
 
-@cli.command()
+@click.command()
 @click.argument("entity_type")
 @click.argument("entity_id")
 @click.option("--as-of", metavar="TIME", help="Print the entity's (masked) state at TIME, rebuilt from the log.")
@@ -272,7 +274,7 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
                 click.echo(f"    {line}")
 
 
-@cli.command(name="export")
+@click.command(name="export")
 @_filter_options
 @click.option(
     "--output",
@@ -378,7 +380,7 @@ def _usage(kind: str, tenants: tuple[str, ...], tenant_from_context: bool) -> No
         raise click.UsageError(str(e)) from None
 
 
-@cli.command(name="grant")
+@click.command(name="grant")
 @_access_options("grant")
 @click.pass_context
 def grant_cmd(
@@ -403,7 +405,7 @@ def _scope(tenants: tuple[str, ...], tenant_from_context: bool) -> str:
     return " for the tenant its session names" if tenant_from_context else ""
 
 
-@cli.command(name="revoke")
+@click.command(name="revoke")
 @_access_options("revoke")
 @click.pass_context
 def revoke_cmd(
@@ -421,3 +423,7 @@ def revoke_cmd(
     with _connection(ctx, installed=False) as conn:
         revoke(conn, role, kind, tenants, tenant_from_context=tenant_from_context)
     click.echo(f"revoked auditdb_{kind} from {role}" + _scope(tenants, tenant_from_context))
+
+
+# Registered by auditdb.cli, which gives each its global options.
+COMMANDS = (log_cmd, show, history, export_cmd, grant_cmd, revoke_cmd)
