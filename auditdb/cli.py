@@ -95,7 +95,9 @@ class _Group(click.Group):
         except OSError as e:  # an output file or directory that cannot be written, say
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            where = f": {e.filename}" if e.filename else ""
+            # Without a file name, the write that failed was to standard output (click.echo).
+            where = f": {e.filename}" if e.filename else ": standard output"
+            stdout_gone()
             raise click.ClickException(f"{e.strerror or e}{where}") from e
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None

@@ -46,13 +46,27 @@ _NO_DSN_HINT = (
 )
 
 
+# A URL's scheme, driver suffix left out ("postgresql+psycopg" → "postgresql").
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9.-]*)(?:\+[A-Za-z0-9_]+)?://")
+
+
 def resolve_dsn(dsn: str | None = None) -> str:
     """The connection string to use: the argument, else AUDITDB_DSN, else DATABASE_URL.
 
     An empty result lets libpq read its own PG* variables (PGHOST, PGDATABASE, …).
     """
-    for candidate in (dsn, os.environ.get("AUDITDB_DSN"), os.environ.get("DATABASE_URL")):
+    for source, candidate in (
+        ("--dsn", dsn),
+        ("AUDITDB_DSN", os.environ.get("AUDITDB_DSN")),
+        ("DATABASE_URL", os.environ.get("DATABASE_URL")),
+    ):
         if candidate:
+            url = _URL_SCHEME.match(candidate)
+            if url and url.group(1).lower() not in ("postgres", "postgresql"):
+                raise ConnectionFailed(
+                    f"{source} is a {url.group(1)}:// URL, not a PostgreSQL one: give postgresql://… "
+                    "or a libpq string (host=… dbname=…)"
+                )
             return _DRIVER_SCHEME.sub(lambda m: m.group(1) + "://", candidate)
     return ""
 

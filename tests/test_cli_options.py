@@ -250,3 +250,28 @@ def test_an_export_whose_connection_is_lost_says_so(
     assert message.startswith(f"the connection to the database was lost while exporting to {fifo} (")
     assert message.endswith("rows written): this export could not be recorded")
     assert got and got[0]
+
+
+def test_a_url_of_another_database_is_named() -> None:
+    # (A SQLAlchemy-style postgresql+psycopg:// URL is accepted: tests/test_cli.py.)
+    for args, env in (
+        (["--dsn", "mysql://x@y/z", "status"], {}),
+        (["status"], {"DATABASE_URL": "sqlite:///x.db", "AUDITDB_DSN": None}),
+    ):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 1
+        assert "URL, not a PostgreSQL one: give postgresql://… or a libpq string" in result.output, result.output
+
+
+def test_a_full_standard_output_is_named_by_every_command(dsn: str) -> None:
+    for args in (["install", "--sql"], ["status"], ["partitions", "list"], ["doctor"]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-m", "auditdb", "--dsn", dsn, "--config", "/nonexistent.toml", *args],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr.splitlines()[-1] == "Error: No space left on device: standard output", (args, proc.stderr)
