@@ -248,7 +248,8 @@ def show(ctx: click.Context, entry_id: int) -> None:
 def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | None) -> None:
     """An entity's timeline, oldest first; --as-of rebuilds its state at a moment.
 
-    Values print as stored (10.00 stays 10.00); an entry with no actor is `by -`, as in log and show.
+    Values print as stored (10.00 stays 10.00); an entry with no actor is `by -`, as in log and show;
+    an emitted event shows its metadata.
     """
     from auditdb.query import history as entity_history
     from auditdb.query import state_at
@@ -272,6 +273,9 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
             click.echo(f"{when:%Y-%m-%d %H:%M:%S}  #{entry['id']}  {safe(entry['action'])}  by {safe(_who(entry))}")
             for line in change_lines(entry["changes"]):
                 click.echo(f"    {line}")
+            metadata = str(entry["metadata"]) if entry["metadata"] is not None else "{}"
+            if entry["changes"] is None and metadata != "{}":  # an event: what it says is its metadata
+                click.echo(f"    metadata: {safe(metadata)}")
 
 
 @click.command(name="export")

@@ -275,3 +275,16 @@ def test_a_full_standard_output_is_named_by_every_command(dsn: str) -> None:
             )
         assert proc.returncode == 1, (args, proc.stderr)
         assert proc.stderr.splitlines()[-1] == "Error: No space left on device: standard output", (args, proc.stderr)
+
+
+def test_history_shows_what_an_event_says(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute("select auditdb.set_context(actor_id => 'ann')")
+        conn.execute(
+            "select auditdb.emit('SYSTEM_CONFIG_CHANGED', entity_type => 'Config', entity_id => 'c1',"
+            """ metadata => '{"key": "theme", "old": "light", "new": "dark", "limit": 10.00}')"""
+        )
+    drain(dsn)
+    history = CliRunner().invoke(cli, ["--dsn", dsn, "history", "Config", "c1"]).output.splitlines()
+    assert history[0].endswith("SYSTEM_CONFIG_CHANGED  by ann"), history
+    assert history[1].startswith("    metadata: {") and '"new": "dark"' in history[1] and "10.00" in history[1]
