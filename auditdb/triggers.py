@@ -185,8 +185,21 @@ def _plans_or_states(conn: psycopg.Connection[Any], config: Config) -> tuple[lis
                       and t.table_name <> format('%%I.%%I', n.nspname, c.relname)""",
                 (table.schema, table.table),
             ).fetchone()
-            detail = f"renamed to {now[0]} since apply: update auditdb.toml" if now else str(e)
-            broken.append(TableStatus(table.qualified, State.MISSING, detail))
+            if now:
+                broken.append(
+                    TableStatus(table.qualified, State.MISSING, f"renamed to {now[0]} since apply: update auditdb.toml")
+                )
+                continue
+            # Still there and captured as the last apply left it, but apply would refuse the config now.
+            captured = conn.execute(
+                """select exists (select from auditdb.tracked_tables t
+                                   where t.relid = pg_catalog.to_regclass(format('%%I.%%I', %s::text, %s::text)))""",
+                (table.schema, table.table),
+            ).fetchone()
+            if captured and captured[0]:
+                broken.append(TableStatus(table.qualified, State.OUTDATED, f"apply refuses the config: {e}"))
+            else:
+                broken.append(TableStatus(table.qualified, State.MISSING, str(e)))
     return plans, broken
 
 

@@ -443,3 +443,14 @@ def test_apply_unmask_on_the_command_line(conn: psycopg.Connection[Any], dsn: st
     assert "no longer masked: logged in clear from now on" in allowed.stderr
     [logged] = audit_entries(conn, "action = 'AUDIT_CHANGED' and metadata ? 'unmasked'")
     assert sorted(logged["metadata"]["unmasked"]["public.accounts"]) == ["api_key", "password_hash"]
+
+
+def test_status_calls_a_captured_table_whose_config_is_now_refused_outdated(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    conn.execute(USERS)
+    assert _apply(dsn, tmp_path, '[tables."public.users"]\n', "apply").exit_code == 0
+    status = _apply(dsn, tmp_path, '[tables."public.users"]\nproject = "projectid"\n', "status")
+    assert status.exit_code == 1
+    [line] = [line for line in status.stdout.splitlines() if line.startswith("public.users")]
+    assert line.split()[1] == "outdated" and "apply refuses the config: " in line and "'projectid'" in line
