@@ -1,7 +1,8 @@
-"""Capture planning: a tracked table resolved against the catalog, its capture SQL rendered and checked.
+"""Capture planning: a tracked table's capture SQL rendered from its config and catalog facts, and checked.
 
-`plan_tables` reads the catalog (columns, key, partitions) and renders sql/templates/capture.sql.j2
-for each configured table; nothing here changes the database (auditdb.triggers applies).
+`plan_tables` reads each configured table's facts (auditdb.facts) and `render_table` renders
+sql/templates/capture.sql.j2 from them without a database; nothing here changes the database
+(auditdb.triggers applies).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pglast
 import psycopg
 from psycopg import sql
 
-from auditdb.columns import BUILTIN, Column, column_names, read_columns
+from auditdb.columns import BUILTIN, Column
 from auditdb.config import (
     Config,
     Defaults,
@@ -25,11 +26,11 @@ from auditdb.config import (
     glob_regex,
     matches,
     unknown_column,
-    untrackable,
 )
 from auditdb.context import CONTEXT_BOUNDS
 from auditdb.errors import AuditDBError, ConfigError, NotAuditableError
 from auditdb.expressions import Expression
+from auditdb.facts import TableFacts, read_facts
 from auditdb.names import CAPTURE_TRIGGERS, capture_function_name
 from auditdb.upgrade import CONFIG_FORMAT
 
@@ -40,6 +41,7 @@ __all__ = [
     "ident",
     "plan_tables",
     "render_sql",
+    "render_table",
     "resolve_table",
     "template",
 ]
@@ -104,60 +106,25 @@ def template(name: str) -> jinja2.Template:
     return _env.get_template(name)
 
 
-_RELKINDS = {
-    "v": "a view",
-    "m": "a materialized view",
-    "f": "a foreign table",
-    "S": "a sequence",
-    "c": "a composite type",
-    "i": "an index",
-    "I": "a partitioned index",
-    "t": "a TOAST table",
-}
-
-
 def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Defaults) -> TablePlan:
-    refused = untrackable(cfg)
-    if refused:
-        raise NotAuditableError(f"{cfg.qualified} cannot be tracked: {refused}")
-    row = conn.execute(
-        """select c.oid, c.relkind, c.relispartition, c.relpersistence from pg_catalog.pg_class c
-             join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-            where n.nspname = %s and c.relname = %s""",
-        (cfg.schema, cfg.table),
-    ).fetchone()
-    if row is None:
-        raise ConfigError(f"table {cfg.qualified} does not exist")
-    oid, relkind, is_partition, persistence = row
-    if relkind not in ("r", "p"):
-        kind = _RELKINDS.get(relkind, f"relkind {relkind}")
-        raise NotAuditableError(
-            f"{cfg.qualified} cannot be audited because it is {kind}, not a table: only tables can be tracked"
-        )
-    if persistence == "t":
-        raise NotAuditableError(f"{cfg.qualified} cannot be tracked: it is a temporary table")
-    if is_partition:
-        raise NotAuditableError(
-            f"{cfg.qualified} is a partition: track its partitioned table instead (its partitions are captured with it)"
-        )
-    table_name = str(
-        conn.execute(
-            "select format('%%I.%%I', n.nspname, c.relname) from pg_catalog.pg_class c "
-            "join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = %s::oid",
-            (oid,),
-        ).fetchone()[0]  # type: ignore[index]
-    )
+    """The table's capture, planned from what the catalog says of it now."""
+    return render_table(cfg, defaults, read_facts(conn, cfg))
+
+
+def render_table(cfg: TableConfig, defaults: Defaults, facts: TableFacts) -> TablePlan:
+    """The capture of a table with these facts, as the config asks: checked, rendered, parsed; no database."""
+    oid, table_name = facts.oid, facts.table_name
     columns = [
         replace(
             c,
             mask="full" if matches(c.name, cfg.mask) else "last4" if matches(c.name, cfg.mask_last4) else None,
             ignored=matches(c.name, cfg.ignore),
         )
-        for c in read_columns(conn, oid)
+        for c in facts.columns
     ]
     by_name = {c.name: c for c in columns}
     names = list(by_name)
-    every = column_names(conn, oid)
+    every = list(facts.every_column)
     notes, warnings = check_columns(cfg, names, every)
 
     def known(column: str, what: str) -> str:
@@ -165,15 +132,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
             raise unknown_column(cfg.qualified, what, column, names)
         return column
 
-    pk = conn.execute(
-        """select array_agg(a.attname order by k.ord)
-             from pg_catalog.pg_index i
-             cross join lateral unnest(i.indkey) with ordinality k(attnum, ord)
-             join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-            where i.indrelid = %s::oid and i.indisprimary""",
-        (oid,),
-    ).fetchone()
-    key = tuple(known(c, "id") for c in cfg.id) if cfg.id else tuple(pk[0]) if pk and pk[0] else ()
+    key = tuple(known(c, "id") for c in cfg.id) if cfg.id else facts.primary_key
     if not key:
         raise NotAuditableError(
             f'table {cfg.qualified} cannot be audited because it has no primary key: set id = ["column", …] for it'
@@ -207,16 +166,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
             raise ConfigError(
                 f"{cfg.qualified}: {what} uses masked column(s) {', '.join(leaked)}: it would reveal them"
             )
-    partitions = tuple(
-        (str(s), str(t), int(relid))
-        for s, t, relid in conn.execute(
-            """select n.nspname, c.relname, c.oid::int8 from pg_catalog.pg_partition_tree(%s) p
-                 join pg_catalog.pg_class c on c.oid = p.relid
-                 join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-                where p.relid <> %s::regclass order by p.level, c.relname""",
-            (oid, oid),
-        ).fetchall()
-    )
+    partitions = facts.partitions
 
     def seen(alias: str, column: str) -> str | None:
         col = by_name[column]
@@ -251,7 +201,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         if r.on == event
     ]
 
-    strays = _stray_triggers(conn, function, [relid for _, _, relid in targets])
+    strays = {relid: [ident(name) for name in names] for relid, names in facts.stray_triggers.items()}
 
     def row_column(column: str | None) -> dict[str, str] | None:
         return {"n": by_name[column].text("n"), "o": by_name[column].text("o")} if column else None
@@ -265,7 +215,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         # Each captured column by name (never t.*: a virtual generated column cannot be read back).
         "row_columns": ", ".join(sql.Identifier("t", c.name).as_string() for c in columns) or "null",
         "entity_type": _lit(cfg.entity_type),
-        "partitioned": relkind == "p",
+        "partitioned": facts.partitioned,
         "columns": [
             {
                 "lit": _lit(c.name),
@@ -331,7 +281,7 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
     plan = _finish(
         cfg,
         oid,
-        relkind == "p",
+        facts.partitioned,
         tuple(columns),
         key,
         tuple((s, t) for s, t, _ in partitions),
@@ -341,20 +291,6 @@ def resolve_table(conn: psycopg.Connection[Any], cfg: TableConfig, defaults: Def
         [relid for _, _, relid in partitions],
     )
     return replace(plan, table_name=table_name, every_column=tuple(every), notes=tuple(notes), warnings=tuple(warnings))
-
-
-def _stray_triggers(conn: psycopg.Connection[Any], function: str, relids: list[int]) -> dict[int, list[str]]:
-    """Capture triggers renamed away from their names, by table: apply drops them (else they capture twice)."""
-    rows = conn.execute(
-        """select t.tgrelid::int8, t.tgname from pg_catalog.pg_trigger t
-            where t.tgrelid = any(%s::oid[]) and t.tgfoid = pg_catalog.to_regprocedure(%s)
-              and not (t.tgname = any(%s))""",
-        (relids, f"auditdb.{ident(function)}()", list(CAPTURE_TRIGGERS.values())),
-    ).fetchall()
-    stray: dict[int, list[str]] = {}
-    for relid, name in rows:
-        stray.setdefault(int(relid), []).append(ident(str(name)))
-    return stray
 
 
 def _finish(
