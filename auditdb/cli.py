@@ -321,7 +321,7 @@ def status_cmd(ctx: click.Context) -> None:
     States: installed, outdated (config or auditdb changed, partitions without triggers),
     missing, disabled (a trigger not enabled ALWAYS), not in config (captured, not configured).
     """
-    from auditdb.triggers import State, status
+    from auditdb.status import State, status
 
     config = _optional_config(ctx)
     with _connection(ctx) as conn:

@@ -14,7 +14,7 @@ from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_marker, installed_version
 from auditdb.integrity import structure_differences
 from auditdb.plan import plan_tables
-from auditdb.triggers import State, event_trigger_status, status
+from auditdb.status import State, event_trigger_status, status
 
 __all__ = ["Check", "run_checks"]
 

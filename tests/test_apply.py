@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
-from auditdb.triggers import EVENT_TRIGGERS
+from auditdb.status import EVENT_TRIGGERS
 from tests.fix_capture import entries
 from tests.fix_db import scalar
 
