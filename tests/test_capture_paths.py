@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.fix_capture import Track, entries
+from tests.fix_capture import GENERIC, Track, entries
 from tests.fix_db import scalar
 from tests.fix_server import Server
 
@@ -150,6 +150,8 @@ def test_rows_dropped_while_moving_between_partitions_are_not_lost(
     # A BEFORE INSERT trigger on the destination partition drops a moving row: the UPDATE's new
     # transition table is shorter than the old one, so rows pair by key and nothing is lost.
     # The generic capture (in use after a column change, until `apply`) must do the same.
+    if GENERIC:
+        pytest.skip("this test runs both captures itself")
     track(PARTED, PARTED_TOML)
     if capture == "generic":
         conn.execute("alter table orders add column note text")
