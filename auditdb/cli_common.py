@@ -48,7 +48,7 @@ def _taking_global_options(command: click.Command) -> None:
 
     @functools.wraps(callback)
     def with_globals(*args: Any, **kwargs: Any) -> Any:
-        given = {name: kwargs.pop(f"_global_{name}") for name in ("dsn", "config_path", "debug")}
+        given = {name: kwargs.pop(f"_global_{name}", None) for name in ("dsn", "config_path", "debug")}
         obj = click.get_current_context().ensure_object(dict)
         obj.update({name: value for name, value in given.items() if value is not None})
         return callback(*args, **kwargs)
