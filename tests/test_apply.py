@@ -144,3 +144,11 @@ def test_status_checks_event_triggers_and_apply_restores_them(conn: psycopg.Conn
     assert _cli(conn, project, "status").exit_code == 0
     states = dict(conn.execute("select evtname, evtenabled from pg_event_trigger").fetchall())
     assert states == dict.fromkeys(EVENT_TRIGGERS, "A")
+
+
+def test_python_and_the_watchers_name_the_capture_triggers_alike(conn: psycopg.Connection[Any]) -> None:
+    from auditdb.names import CAPTURE_TRIGGERS
+
+    row = conn.execute("select auditdb.capture_trigger_names()").fetchone()
+    assert row is not None
+    assert row[0] == [CAPTURE_TRIGGERS[e] for e in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]

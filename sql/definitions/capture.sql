@@ -19,6 +19,17 @@
 -- pointed at whatever column now has its name.
 set local role auditdb_owner;
 
+-- The names of a tracked table's four capture triggers, in the order insert, update, delete,
+-- truncate: the one list the watchers use (auditdb/names.py CAPTURE_TRIGGERS is Python's, and a
+-- test keeps the two equal).
+create or replace function auditdb.capture_trigger_names() returns text[]
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select array['auditdb_capture_ins', 'auditdb_capture_upd', 'auditdb_capture_del', 'auditdb_capture_trunc']
+$$;
+
 -- SQL for a column's value as text (null stays null), read from row alias r.
 create or replace function auditdb.capture_text_sql(r text, col text, kind text) returns text
 language sql

@@ -153,7 +153,7 @@ security invoker
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    names text[] := array['auditdb_capture_ins', 'auditdb_capture_upd', 'auditdb_capture_del', 'auditdb_capture_trunc'];
+    names text[] := auditdb.capture_trigger_names();
 begin
     execute format('create trigger %I %s on %s %s for each statement execute function auditdb.%I()',
                    names[i], (array['after insert', 'after update', 'after delete', 'before truncate'])[i], target,
@@ -208,7 +208,7 @@ as $$
 declare
     tracked record;
     member record;
-    names text[] := array['auditdb_capture_ins', 'auditdb_capture_upd', 'auditdb_capture_del', 'auditdb_capture_trunc'];
+    names text[] := auditdb.capture_trigger_names();
     bits integer[] := array[4, 16, 8, 32];
     capture oid;
     i integer;
@@ -477,8 +477,7 @@ begin
                     on tt.relid = coalesce(pg_partition_root(t.tgrelid), t.tgrelid)
                    and t.tgfoid = to_regprocedure(format('auditdb.%I()', tt.function_name))
                  where t.oid = obj.objid;
-                if found and trg.tgname not in ('auditdb_capture_ins', 'auditdb_capture_upd', 'auditdb_capture_del',
-                                                'auditdb_capture_trunc') then
+                if found and trg.tgname <> all (auditdb.capture_trigger_names()) then
                     perform auditdb.refuse_data_ddl('renaming a capture trigger', obj.object_identity, 'it hides capture');
                     perform auditdb.log_audit_change('AuditTrigger', obj.object_identity, trg.tgname, trg.table_name,
                         jsonb_build_object('operation', 'rename_trigger', 'trigger', obj.object_identity,
