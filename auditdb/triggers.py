@@ -38,6 +38,22 @@ class ApplyResult:
     weakened: dict[str, list[str]] = field(default_factory=dict)
 
 
+def _unknown_system_roles(conn: psycopg.Connection[Any], config: Config) -> list[str]:
+    """A system_roles entry naming no role exempts nobody: a typo would make require_actor refuse a migrator."""
+    names = list(config.defaults.system_roles)
+    if not names:
+        return []
+    found = {
+        str(r[0])
+        for r in conn.execute("select rolname from pg_catalog.pg_roles where rolname = any(%s)", (names,)).fetchall()
+    }
+    return [
+        f"[defaults] system_roles names role {name!r}, which does not exist: it exempts nobody"
+        for name in names
+        if name not in found
+    ]
+
+
 REPAIR_EVENT_TRIGGERS = "select auditdb.ensure_event_triggers();"
 
 
@@ -141,6 +157,7 @@ def apply(
             raise ConfigError(_unmask_refusal(unmasked, weakened))
         warnings = [w for p in plans for w in p.warnings]
         warnings += defaults_slips(config, (c for p in plans for c in p.every_column))
+        warnings += _unknown_system_roles(conn, config)
         warnings += [
             f"{table}: column(s) {', '.join(map(repr, columns))} no longer masked: logged in clear from now on"
             for table, columns in sorted(unmasked.items())

@@ -454,3 +454,13 @@ def test_status_calls_a_captured_table_whose_config_is_now_refused_outdated(
     assert status.exit_code == 1
     [line] = [line for line in status.stdout.splitlines() if line.startswith("public.users")]
     assert line.split()[1] == "outdated" and "apply refuses the config: " in line and "'projectid'" in line
+
+
+def test_a_system_role_that_does_not_exist_is_named(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> None:
+    conn.execute(USERS)
+    toml = '[defaults]\nsystem_roles = ["migrat0r", "postgres"]\n[tables."public.users"]\n'
+    result = _apply(dsn, tmp_path, toml, "apply")
+    assert result.exit_code == 0 and result.stdout == "added public.users\n"
+    assert result.stderr == (
+        "warning: [defaults] system_roles names role 'migrat0r', which does not exist: it exempts nobody\n"
+    )
