@@ -207,18 +207,20 @@ with recursive base(typ, base) as (
     union all
     select b.typ, t.typbasetype from base b join pg_catalog.pg_type t on t.oid = b.base where t.typtype = 'd'
 )
-select c.oid::regclass::text, a.attname::text, a.atttypid::regtype::text,
+select pg_catalog.format('%I.%I', n.nspname, c.relname), n.nspname::text, c.relname::text, a.attname::text,
+       a.atttypid::regtype::text,
        (select pg_catalog.format_type(b.base, a.atttypmod) from base b join pg_catalog.pg_type t on t.oid = b.base
          where b.typ = a.atttypid and t.typtype <> 'd'
            and t.typnamespace = 'pg_catalog'::regnamespace)
-  from pg_catalog.pg_class c join pg_catalog.pg_attribute a on a.attrelid = c.oid
+  from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+  join pg_catalog.pg_attribute a on a.attrelid = c.oid
   join pg_catalog.pg_type ty on ty.oid = a.atttypid
  where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
    and a.attnum > 0 and not a.attisdropped and ty.typnamespace <> 'pg_catalog'::regnamespace
 """
 # Types in the schema that are not a table's row type (or an array of one): auditdb makes none.
 TYPES_SQL = """
-select t.oid::regtype::text, case t.typtype when 'd' then 'domain' else 'type' end
+select t.oid::regtype::text, case t.typtype when 'd' then 'domain' else 'type' end, t.typname::text
   from pg_catalog.pg_type t
  where t.typnamespace = 'auditdb'::regnamespace and t.typelem = 0
    and (t.typrelid = 0 or (select relkind from pg_catalog.pg_class where oid = t.typrelid) = 'c')
@@ -228,14 +230,15 @@ select t.oid::regtype::text, case t.typtype when 'd' then 'domain' else 'type' e
 # to inherit from auditdb's (their rows would show in its lookups), partitions of the log aside.
 RELATIONS_SQL = """
 select c.oid::regclass::text,
-       case c.relkind when 'v' then 'view' when 'm' then 'materialized view' else 'foreign table' end
+       case c.relkind when 'v' then 'view' when 'm' then 'materialized view' else 'foreign table' end,
+       c.relname::text
   from pg_catalog.pg_class c
  where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('v', 'm', 'f')
 """
 CHILDREN_SQL = """
-select i.inhrelid::regclass::text, i.inhparent::regclass::text
+select i.inhrelid::regclass::text, i.inhparent::regclass::text, cn.nspname::text, c.relname::text, p.relname::text
   from pg_catalog.pg_inherits i join pg_catalog.pg_class p on p.oid = i.inhparent
-  join pg_catalog.pg_class c on c.oid = i.inhrelid
+  join pg_catalog.pg_class c on c.oid = i.inhrelid join pg_catalog.pg_namespace cn on cn.oid = c.relnamespace
  where p.relnamespace = 'auditdb'::regnamespace and p.relkind in ('r', 'p')
    and not (p.oid = 'auditdb.log'::regclass and c.relispartition)
 """
@@ -265,21 +268,26 @@ def secure_old_release(
     ).fetchall():
         conn.execute(sql.SQL("alter event trigger {} disable").format(sql.Identifier(name)))
         counts["event triggers disabled"] += 1
-    for identity, kind in conn.execute(RELATIONS_SQL).fetchall():
-        conn.execute(sql.SQL("drop {} {}").format(sql.SQL(kind), sql.SQL(identity)))
-        removed.append(Foreign("relation", str(identity), f"drop {kind} {identity}"))
-    for child, parent in conn.execute(CHILDREN_SQL).fetchall():
-        unlink = f"alter table {child} no inherit {parent}"
-        conn.execute(sql.SQL(unlink))
-        removed.append(Foreign("inheritance", f"{child} inherits {parent}", unlink))
-    for table, column, typ, base in conn.execute(COLUMN_TYPES_SQL).fetchall():
+    for identity, kind, name in conn.execute(RELATIONS_SQL).fetchall():
+        # kind: one of three words the query spells out, never catalog text.
+        drop = sql.SQL("drop {} {}").format(sql.SQL(kind), sql.Identifier("auditdb", name))
+        conn.execute(drop)
+        removed.append(Foreign("relation", str(identity), drop.as_string(conn)))
+    for child, parent, child_schema, child_name, parent_name in conn.execute(CHILDREN_SQL).fetchall():
+        unlink = sql.SQL("alter table {} no inherit {}").format(
+            sql.Identifier(child_schema, child_name), sql.Identifier("auditdb", parent_name)
+        )
+        conn.execute(unlink)
+        removed.append(Foreign("inheritance", f"{child} inherits {parent}", unlink.as_string(conn)))
+    for table, schema, name, column, typ, base in conn.execute(COLUMN_TYPES_SQL).fetchall():
         if base is None:
             raise AuditDBError(
                 f"column {column} of {table} has type {typ}, which auditdb did not give it and cannot safely "
                 "convert: nothing was changed; as a superuser, give it its built-in type, then install again"
             )
+        # base: format_type() of a type in pg_catalog, the server's own spelling of a built-in type.
         convert = sql.SQL("alter table {} alter column {} type {}").format(
-            sql.SQL(table), sql.Identifier(column), sql.SQL(base)
+            sql.Identifier(schema, name), sql.Identifier(column), sql.SQL(base)
         )
         conn.execute(convert)
         removed.append(Foreign("column type", f"{table}.{column}", convert.as_string(conn)))
@@ -312,8 +320,8 @@ def secure_old_release(
         counts["functions dropped"] += 1
         if foreign:
             removed.append(Foreign("function", str(identity), _drop_statement(kind, identity).as_string(conn)))
-    for identity, word in conn.execute(TYPES_SQL).fetchall():
-        drop = sql.SQL("drop {} {}").format(sql.SQL(word), sql.SQL(identity))
+    for identity, word, name in conn.execute(TYPES_SQL).fetchall():
+        drop = sql.SQL("drop {} {}").format(sql.SQL(word), sql.Identifier("auditdb", name))
         conn.execute(drop)
         removed.append(Foreign(str(word), str(identity), drop.as_string(conn)))
     return removed, counts
