@@ -59,6 +59,16 @@ def _release_0006(empty_db: str) -> None:
         )
 
 
+def _removed_by_install(dsn: str) -> dict[str, str]:
+    """What the upgrade logged as removed: {object: kind}."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            """select entity_id, entity_name from auditdb.log
+                where metadata->>'operation' = 'foreign_object_removed'"""
+        ).fetchall()
+    return {str(k): str(v) for k, v in rows}
+
+
 def _as(dsn: str, user: str) -> str:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     params["user"] = user
@@ -245,13 +255,8 @@ def test_quieter_plantings_are_removed_too(empty_db: str, template_db: str) -> N
             conn.execute(PLANTED_QUIETER.format(app=APP_ROLE))
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
     assert result.exit_code == 0, result.output
+    removed = _removed_by_install(empty_db)
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        removed: dict[str, str] = dict(
-            conn.execute(
-                """select entity_id, entity_name from auditdb.log
-                    where metadata->>'operation' = 'foreign_object_removed'"""
-            ).fetchall()
-        )
         assert removed == {
             "auditdb.emit(text)": "function",
             "zz_check on auditdb.settings": "constraint",
@@ -417,13 +422,7 @@ def test_other_kinds_of_objects_planted_are_removed_without_stopping_the_upgrade
     )
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
     assert result.exit_code == 0, result.output
-    with psycopg.connect(empty_db, autocommit=True) as conn:
-        removed = dict(
-            conn.execute(
-                """select entity_id, entity_name from auditdb.log
-                    where metadata->>'operation' = 'foreign_object_removed'"""
-            ).fetchall()
-        )
+    removed = _removed_by_install(empty_db)
     assert removed == {
         "auditdb.zz_p()": "function",
         "auditdb.zz_agg(integer)": "function",
