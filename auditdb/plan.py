@@ -48,7 +48,7 @@ __all__ = [
 
 # Bump when the template's output changes, so `status` calls existing installs outdated (and
 # sql/definitions/refresh.sql gives older ones the generic body on upgrade).
-TEMPLATE_VERSION = "3"
+TEMPLATE_VERSION = "4"
 BOOL_OID = 16
 SIGNATURE_PREFIX = "auditdb:"
 
@@ -208,6 +208,7 @@ def render_table(cfg: TableConfig, defaults: Defaults, facts: TableFacts) -> Tab
 
     context = {
         "function": ident("auditdb", function),
+        "function_lit": _lit(ident("auditdb", function) + "()"),
         "table_oid": int(oid),
         "table_name": _lit(table_name),
         # The pairing column of a multi-row UPDATE: a name none of the table's columns has.

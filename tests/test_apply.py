@@ -152,3 +152,19 @@ def test_python_and_the_watchers_name_the_capture_triggers_alike(conn: psycopg.C
     row = conn.execute("select auditdb.capture_trigger_names()").fetchone()
     assert row is not None
     assert row[0] == [CAPTURE_TRIGGERS[e] for e in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]
+
+
+def test_every_capture_function_has_the_generic_ones_settings(conn: psycopg.Connection[Any], project: Path) -> None:
+    # One list of capture settings (auditdb.capture_generic's SET block): the generated functions
+    # take theirs from it, and so do generic copies made by the DDL watcher.
+    assert _cli(conn, project, "apply").exit_code == 0
+    conn.execute("alter table a add column w int")  # a's capture now runs the generic body
+    rows = conn.execute(
+        """select p.proname::text, p.proconfig, obj_description(p.oid, 'pg_proc') from pg_proc p
+            where p.pronamespace = 'auditdb'::regnamespace and p.prorettype = 'trigger'::regtype
+              and p.proname like 'auditdb\\_capture\\_%'"""
+    ).fetchall()
+    generic = scalar(conn, "select proconfig from pg_proc where oid = 'auditdb.capture_generic()'::regprocedure")
+    assert "TimeZone=UTC" in generic and "jit=off" in generic and any(s.startswith("search_path=") for s in generic)
+    assert len(rows) == 3 and {r[2] == "auditdb:generic" for r in rows} == {True, False}
+    assert all(r[1] == generic for r in rows), rows

@@ -111,6 +111,10 @@ reset role;
 -- non-builtin types through their output functions, and runs only expressions `apply` checked,
 -- after checking that their columns are still the ones they were written for.
 -- definer: runs as append-only auditdb_capture; calls no cast, operator or function an application type brings.
+-- Its SET block is every capture function's: the generated ones and the generic copies take it
+-- from here through auditdb.pin_capture_settings, so values are rendered the same whatever the
+-- session's time zone and styles. (jit off: compiling the capture query costs more than it saves;
+-- a 20,000-row UPDATE spent 0.4 s in JIT.)
 create or replace function auditdb.capture_generic() returns trigger
 language plpgsql
 security definer
@@ -129,6 +133,9 @@ declare
     root oid := coalesce(pg_partition_root(tg_relid), tg_relid);
     cfg jsonb;
     ctx record;
+    -- The one column list of this function's inserts (the template has its own: log_columns()).
+    into_log constant text := 'insert into auditdb.log (action, entity_type, entity_id, entity_name, project_id, '
+                              'tenant_id, actor_id, actor_email, actor_name, ip, user_agent, table_name, changes, metadata) ';
     meta jsonb := '{"capture": "generic"}';
     skipped text[] := '{}';
     row_count bigint;
@@ -198,13 +205,13 @@ begin
         meta := meta || jsonb_build_object('rows', row_count);
     end if;
     if tg_op = 'TRUNCATE' then
-        insert into auditdb.log (action, entity_type, project_id, tenant_id, actor_id, actor_email, actor_name,
-                                 ip, user_agent, table_name, metadata)
-        values ('BULK_DELETE', cfg->>'entity_type', ctx.project_id, ctx.tenant_id, ctx.actor_id, ctx.actor_email,
-                ctx.actor_name, ctx.ip, ctx.user_agent, table_name,
-                meta || jsonb_build_object('truncate', true)
-                     || case when tg_relid = root then '{}'::jsonb
-                             else jsonb_build_object('partition', format('%I.%I', tg_table_schema, tg_table_name)) end);
+        execute into_log || 'values ($11, $1, null, null, $3, $4, $5, $6, $7, $8, $9, $2, null, $10)'
+        using cfg->>'entity_type', table_name, ctx.project_id, ctx.tenant_id, ctx.actor_id, ctx.actor_email,
+              ctx.actor_name, ctx.ip, ctx.user_agent,
+              meta || jsonb_build_object('truncate', true)
+                   || case when tg_relid = root then '{}'::jsonb
+                           else jsonb_build_object('partition', format('%I.%I', tg_table_schema, tg_table_name)) end,
+              'BULK_DELETE';
         return null;
     end if;
 
@@ -332,10 +339,10 @@ begin
 
     if tg_op in ('INSERT', 'DELETE') then
         query := format($q$
-            insert into auditdb.log (action, entity_type, entity_id, entity_name, project_id, tenant_id, actor_id,
-                                     actor_email, actor_name, ip, user_agent, table_name, changes, metadata)
+            %s
             select %s, $1, %s, (%s)::text, %s, %s, $5, $6, $7, $8, $9, $2, %s, $10
               from %s$q$,
+            into_log,
             case when rules_sql->>tg_op = '' then '$11' else format('case%s else $11 end', rules_sql->>tg_op) end,
             case tg_op when 'INSERT' then key_n else key_o end,
             case tg_op when 'INSERT' then name_n else name_o end,
@@ -365,8 +372,7 @@ begin
         pairs := format('from auditdb_old o join auditdb_new n on %s', key_eq);
     end if;
     updates := format($q$
-        insert into auditdb.log (action, entity_type, entity_id, entity_name, project_id, tenant_id, actor_id,
-                                 actor_email, actor_name, ip, user_agent, table_name, changes, metadata)
+        %s
         select c.action, $1, c.entity_id, c.entity_name, c.project_id, c.tenant_id, $5, $6, $7, $8, $9, $2, c.changes,
                case when c.previous_id is distinct from c.entity_id
                     then $10 || pg_catalog.jsonb_build_object('previous_id', c.previous_id) else $10 end
@@ -375,6 +381,7 @@ begin
                   %s
                 offset 0) c
          where c.changes <> '{}'::jsonb or c.soft_deleted$q$,
+        into_log,
         case when rules_sql->>'UPDATE' = '' then '$11' else format('case%s else $11 end', rules_sql->>'UPDATE') end,
         key_n, key_o, name_n, project_n, tenant_n, soft_sql,
         case when cardinality(diff) = 0 then '''{}''::jsonb' else '(' || array_to_string(diff, ' || ') || ')' end,
@@ -383,20 +390,18 @@ begin
                           ctx.actor_email, ctx.actor_name, ctx.ip, ctx.user_agent, meta, kind, del_kind;
     if new_count <> row_count then
         execute format($q$
-            insert into auditdb.log (action, entity_type, entity_id, entity_name, project_id, tenant_id, actor_id,
-                                     actor_email, actor_name, ip, user_agent, table_name, changes, metadata)
+            %s
             select $12, $1, %s, (%s)::text, %s, %s, $5, $6, $7, $8, $9, $2, %s, $10 || '{"unpaired": "old"}'::jsonb
               from auditdb_old o where not exists (select from auditdb_new n where %s)$q$,
-            key_o, name_o, project_o, tenant_o, auditdb.capture_object_sql(old_pairs), key_eq)
+            into_log, key_o, name_o, project_o, tenant_o, auditdb.capture_object_sql(old_pairs), key_eq)
         using cfg->>'entity_type', table_name, ctx.project_id, ctx.tenant_id, ctx.actor_id,
               ctx.actor_email, ctx.actor_name, ctx.ip, ctx.user_agent, meta, kind, del_kind;
         execute format($q$
-            insert into auditdb.log (action, entity_type, entity_id, entity_name, project_id, tenant_id, actor_id,
-                                     actor_email, actor_name, ip, user_agent, table_name, changes, metadata)
+            %s
             select replace($12, 'DELETE', 'CREATE'), $1, %s, (%s)::text, %s, %s, $5, $6, $7, $8, $9, $2, %s,
                    $10 || '{"unpaired": "new"}'::jsonb
               from auditdb_new n where not exists (select from auditdb_old o where %s)$q$,
-            key_n, name_n, project_n, tenant_n, auditdb.capture_object_sql(new_pairs), key_eq)
+            into_log, key_n, name_n, project_n, tenant_n, auditdb.capture_object_sql(new_pairs), key_eq)
         using cfg->>'entity_type', table_name, ctx.project_id, ctx.tenant_id, ctx.actor_id,
               ctx.actor_email, ctx.actor_name, ctx.ip, ctx.user_agent, meta, kind, del_kind;
     end if;
@@ -407,3 +412,33 @@ $auditdb$;
 comment on function auditdb.capture_generic() is 'auditdb:generic';
 
 alter function auditdb.capture_generic() owner to auditdb_capture;
+
+-- Give a capture function exactly the generic one's settings (above): the one list of them.
+create or replace function auditdb.pin_capture_settings(target regprocedure) returns void
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    setting text;
+    setting_name text;
+begin
+    if target = 'auditdb.capture_generic()'::regprocedure then
+        return;
+    end if;
+    execute format('alter function %s reset all', target);
+    for setting in select unnest(proconfig) from pg_proc where oid = 'auditdb.capture_generic()'::regprocedure loop
+        setting_name := split_part(setting, '=', 1);
+        if setting_name = 'search_path' then
+            execute format('alter function %s set search_path = %s', target,
+                           (select string_agg(quote_ident(btrim(s)), ', ')
+                              from unnest(string_to_array(substr(setting, length(setting_name) + 2), ',')) s));
+        else
+            execute format('alter function %s set %I = %L', target, setting_name,
+                           substr(setting, length(setting_name) + 2));
+        end if;
+    end loop;
+end
+$$;
+
+comment on function auditdb.pin_capture_settings(regprocedure) is 'auditdb: give a capture function the capture settings';

@@ -2,7 +2,7 @@
 -- version, or an older release's generic body) gets the current generic body: it is safe and
 -- complete at once, and `auditdb status` reports its table outdated until `auditdb apply`
 -- generates the fast one again. Every capture function belongs to auditdb_capture and is
--- executable by nobody else. The template version here is auditdb/triggers.py's TEMPLATE_VERSION
+-- executable by nobody else. The template version here is auditdb/plan.py's TEMPLATE_VERSION
 -- (tests/test_install.py checks that they agree).
 do $$
 declare
@@ -14,7 +14,7 @@ begin
          where p.pronamespace = 'auditdb'::regnamespace and p.proname like 'auditdb\_capture\_%'
            and p.pronargs = 0 and p.prorettype = 'trigger'::regtype
     loop
-        if f.signature not like 'auditdb:3:%' then
+        if f.signature not like 'auditdb:4:%' then
             perform auditdb.use_generic_capture(f.name);
         end if;
         execute format('alter function auditdb.%I() owner to auditdb_capture', f.name);

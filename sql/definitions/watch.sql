@@ -116,9 +116,6 @@ language plpgsql
 security invoker
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-    setting text;
-    setting_name text;
 begin
     if (select prosrc from pg_proc where oid = to_regprocedure(format('auditdb.%I()', function_name)))
        is not distinct from (select prosrc from pg_proc where oid = 'auditdb.capture_generic()'::regprocedure) then
@@ -126,18 +123,7 @@ begin
     end if;
     execute format('create or replace function auditdb.%I() returns trigger language plpgsql security definer as %L',
                    function_name, (select prosrc from pg_proc where oid = 'auditdb.capture_generic()'::regprocedure));
-    execute format('alter function auditdb.%I() reset all', function_name);
-    for setting in select unnest(proconfig) from pg_proc where oid = 'auditdb.capture_generic()'::regprocedure loop
-        setting_name := split_part(setting, '=', 1);
-        if setting_name = 'search_path' then
-            execute format('alter function auditdb.%I() set search_path = %s', function_name,
-                           (select string_agg(quote_ident(btrim(s)), ', ')
-                              from unnest(string_to_array(substr(setting, length(setting_name) + 2), ',')) s));
-        else
-            execute format('alter function auditdb.%I() set %I = %L', function_name, setting_name,
-                           substr(setting, length(setting_name) + 2));
-        end if;
-    end loop;
+    perform auditdb.pin_capture_settings(format('auditdb.%I()', function_name)::regprocedure);
     execute format('comment on function auditdb.%I() is %L', function_name, 'auditdb:generic');
 end
 $$;
