@@ -51,7 +51,7 @@ def test_application_role_cannot_write_the_log(
 
 
 @pytest.mark.parametrize("replica", [False, True], ids=["origin", "replica"])
-@pytest.mark.parametrize("verb", sorted(STATEMENTS))
+@pytest.mark.parametrize("verb", sorted(set(STATEMENTS) - {"insert"}))
 def test_superuser_cannot_change_the_log_or_any_partition(
     verb: str, replica: bool, conn: psycopg.Connection[Any]
 ) -> None:
@@ -63,8 +63,7 @@ def test_superuser_cannot_change_the_log_or_any_partition(
             if replica:
                 conn.execute("set local session_replication_role = replica")
             conn.execute(sql.SQL(STATEMENTS[verb]).format(_table(table)))  # type: ignore[arg-type]
-        expected = "written only by auditdb" if verb == "insert" else "append-only"
-        assert expected in str(caught.value), (table, str(caught.value))
+        assert "append-only" in str(caught.value), (table, str(caught.value))
     assert scalar(conn, "select count(*) from auditdb.log") == 1
     assert scalar(conn, "select action from auditdb.log") == "LOGIN"
 
@@ -90,10 +89,8 @@ def test_owner_inserts_are_the_only_way_in(conn: psycopg.Connection[Any]) -> Non
     assert row[4] == {}
 
 
-def test_constraints_reject_malformed_entries(conn: psycopg.Connection[Any]) -> None:
-    for action, metadata, changes in (("login", "{}", None), ("LOGIN", "[]", None), ("LOGIN", "{}", "1")):
-        with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
-            conn.execute("set local role auditdb_owner")
-            conn.execute(
-                "insert into auditdb.log (action, metadata, changes) values (%s, %s, %s)", (action, metadata, changes)
-            )
+def test_a_superusers_plain_insert_is_stamped_with_its_login(conn: psycopg.Connection[Any]) -> None:
+    # A superuser can do anything (an INSERT guard stopped nobody: `set role auditdb_owner` passed
+    # it); a plain INSERT still carries its login as db_user, and sealing is what shows an added entry.
+    conn.execute("insert into auditdb.log (action) values ('ADDED_BY_HAND')")
+    assert scalar(conn, "select db_user from auditdb.log where action = 'ADDED_BY_HAND'") == conn.info.user

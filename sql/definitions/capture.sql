@@ -110,11 +110,11 @@ reset role;
 -- Reads the trigger's transition tables only through SQL built from the catalog, shows values of
 -- non-builtin types through their output functions, and runs only expressions `apply` checked,
 -- after checking that their columns are still the ones they were written for.
--- definer: runs as append-only auditdb_capture; calls no cast, operator or function an application type brings.
 -- Its SET block is every capture function's: the generated ones and the generic copies take it
 -- from here through auditdb.pin_capture_settings, so values are rendered the same whatever the
 -- session's time zone and styles. (jit off: compiling the capture query costs more than it saves;
 -- a 20,000-row UPDATE spent 0.4 s in JIT.)
+-- definer: runs as append-only auditdb_capture; calls no cast, operator or function an application type brings.
 create or replace function auditdb.capture_generic() returns trigger
 language plpgsql
 security definer
