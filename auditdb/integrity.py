@@ -236,7 +236,8 @@ select c.oid::regclass::text,
  where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('v', 'm', 'f')
 """
 CHILDREN_SQL = """
-select i.inhrelid::regclass::text, i.inhparent::regclass::text, cn.nspname::text, c.relname::text, p.relname::text
+select i.inhrelid::regclass::text, i.inhparent::regclass::text, cn.nspname::text, c.relname::text, p.relname::text,
+       c.relispartition
   from pg_catalog.pg_inherits i join pg_catalog.pg_class p on p.oid = i.inhparent
   join pg_catalog.pg_class c on c.oid = i.inhrelid join pg_catalog.pg_namespace cn on cn.oid = c.relnamespace
  where p.relnamespace = 'auditdb'::regnamespace and p.relkind in ('r', 'p')
@@ -273,10 +274,11 @@ def secure_old_release(
         drop = sql.SQL("drop {} {}").format(sql.SQL(kind), sql.Identifier("auditdb", name))
         conn.execute(drop)
         removed.append(Foreign("relation", str(identity), drop.as_string(conn)))
-    for child, parent, child_schema, child_name, parent_name in conn.execute(CHILDREN_SQL).fetchall():
-        unlink = sql.SQL("alter table {} no inherit {}").format(
-            sql.Identifier(child_schema, child_name), sql.Identifier("auditdb", parent_name)
-        )
+    for child, parent, child_schema, child_name, parent_name, partition in conn.execute(CHILDREN_SQL).fetchall():
+        # A partition cannot leave by NO INHERIT.
+        unlink = (
+            sql.SQL("alter table {} detach partition {}") if partition else sql.SQL("alter table {1} no inherit {0}")
+        ).format(sql.Identifier("auditdb", parent_name), sql.Identifier(child_schema, child_name))
         conn.execute(unlink)
         removed.append(Foreign("inheritance", f"{child} inherits {parent}", unlink.as_string(conn)))
     for table, schema, name, column, typ, base in conn.execute(COLUMN_TYPES_SQL).fetchall():

@@ -108,6 +108,11 @@ union all
 -- Objects of auditdb's roles outside the schema (a definer function they own runs with their rights).
 select 'object elsewhere', pg_catalog.pg_describe_object(sd.classid, sd.objid, sd.objsubid),
        case when sd.classid = 'pg_catalog.pg_proc'::regclass
+                 -- One something depends on (a trigger of the application's) is left to a person:
+                 -- dropping it would take the trigger with it.
+                 and not exists (select from pg_catalog.pg_depend d
+                                  where d.refclassid = 'pg_catalog.pg_proc'::regclass and d.refobjid = sd.objid
+                                    and d.deptype = 'n')
             then pg_catalog.format('drop function %%s', sd.objid::regprocedure)
             else pg_catalog.format('-- remove by hand: %%s', pg_catalog.pg_describe_object(sd.classid, sd.objid, sd.objsubid))
        end
@@ -196,7 +201,9 @@ select 'relation', c.oid::regclass::text,
  where c.relnamespace = 'auditdb'::regnamespace and c.relkind in ('v', 'm', 'f')
 union all
 select 'inheritance', pg_catalog.format('%%s inherits %%s', i.inhrelid::regclass, i.inhparent::regclass),
-       pg_catalog.format('alter table %%s no inherit %%s', i.inhrelid::regclass, i.inhparent::regclass)
+       case when c.relispartition
+            then pg_catalog.format('alter table %%s detach partition %%s', i.inhparent::regclass, i.inhrelid::regclass)
+            else pg_catalog.format('alter table %%s no inherit %%s', i.inhrelid::regclass, i.inhparent::regclass) end
   from pg_catalog.pg_inherits i join pg_catalog.pg_class p on p.oid = i.inhparent
   join pg_catalog.pg_class c on c.oid = i.inhrelid
  where p.relnamespace = 'auditdb'::regnamespace and p.relkind in ('r', 'p')

@@ -282,6 +282,38 @@ def test_quieter_plantings_are_removed_too(empty_db: str, template_db: str) -> N
     assert line.startswith("ok"), line
 
 
+def test_a_function_elsewhere_an_applications_trigger_uses_is_reported_not_dropped(
+    empty_db: str, template_db: str
+) -> None:
+    # Dropping it would need CASCADE, which would silently take the application's trigger with it:
+    # the upgrade goes on, leaves it to a person, logs it, and doctor fails until it is gone.
+    install(empty_db, target="0006")
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("grant create on schema public to auditdb_owner")
+        conn.execute("create table public.zz_items (id int)")
+        with conn.transaction():
+            conn.execute("set local role auditdb_owner")
+            conn.execute(
+                "create function public.zz_used() returns trigger language plpgsql security definer"
+                " as 'begin return null; end'"
+            )
+        conn.execute("create trigger zz after insert on public.zz_items for each row execute function public.zz_used()")
+    result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        assert scalar(conn, "select count(*) from pg_trigger where tgname = 'zz'") == 1
+        found = [
+            r[0]
+            for r in conn.execute(
+                "select entity_id from auditdb.log where metadata->>'operation' = 'foreign_object_found'"
+            ).fetchall()
+        ]
+    assert "function public.zz_used()" in found, found
+    doctor = CliRunner().invoke(cli, ["--dsn", empty_db, "--config", "/nonexistent.toml", "doctor"])
+    [line] = [line for line in doctor.output.splitlines() if "schema integrity" in line]
+    assert line.startswith("fail"), line
+
+
 def test_status_and_doctor_do_not_wait_behind_an_applications_lock(
     conn: psycopg.Connection[Any], dsn: str, app_dsn: str, track: Track, tmp_path: Path
 ) -> None:
@@ -418,6 +450,8 @@ def test_other_kinds_of_objects_planted_are_removed_without_stopping_the_upgrade
            create aggregate auditdb.zz_agg(int) (sfunc = int4pl, stype = int);
            create view auditdb.zz_v as select public.probe('view') as hit;
            create table auditdb.zz_child () inherits (auditdb.tenant_roles);
+           create table auditdb.zz_parts (k int) partition by list (k);
+           create table auditdb.zz_part partition of auditdb.zz_parts for values in (1);
            create type auditdb.zz_enum as enum ('a')""",
     )
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
@@ -428,6 +462,8 @@ def test_other_kinds_of_objects_planted_are_removed_without_stopping_the_upgrade
         "auditdb.zz_agg(integer)": "function",
         "auditdb.zz_v": "relation",
         "auditdb.zz_child inherits auditdb.tenant_roles": "inheritance",
+        # A partition cannot leave by NO INHERIT: it is detached.
+        "auditdb.zz_part inherits auditdb.zz_parts": "inheritance",
         "auditdb.zz_enum": "type",
     }
     assert _probe_hits(empty_db) == []
