@@ -12,8 +12,8 @@
 -- Changes the log's tables only; no entry is read or rewritten.
 set local role auditdb_owner;
 
-alter table auditdb.log drop constraint log_action_ck, drop constraint log_changes_ck,
-    drop constraint log_metadata_ck;
+alter table auditdb.log drop constraint if exists log_action_ck, drop constraint if exists log_changes_ck,
+    drop constraint if exists log_metadata_ck;
 
 reset role;
 
