@@ -21,7 +21,7 @@ from common import pick_server
 HERE = Path(__file__).resolve().parent
 
 FULL = {
-    "capture": ["--rounds", "5", "--seconds", "30", "--rows", "200000", "--w1-ceilings"],
+    "capture": ["--rounds", "3", "--seconds", "30", "--rows", "200000"],
     "query": ["--rows", "10000000"],
     "export": ["--rows", "1000000"],
     "events": ["--synchronous-commit", "on,off"],
