@@ -82,6 +82,74 @@ $$;
 
 comment on function auditdb.ensure_partitions(integer) is 'auditdb: create the monthly partitions of auditdb.log ahead';
 
+-- The operator class `--search` indexes with: pg_trgm's gin_trgm_ops, whatever schema holds the
+-- extension; null when pg_trgm is not installed. Only the extension's own class counts (one of the
+-- same name elsewhere is not used).
+create or replace function auditdb.search_opclass() returns text
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select pg_catalog.format('%I.%I', n.nspname, oc.opcname)
+      from pg_catalog.pg_opclass oc
+      join pg_catalog.pg_am am on am.oid = oc.opcmethod
+      join pg_catalog.pg_namespace n on n.oid = oc.opcnamespace
+      join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_opclass'::regclass and d.objid = oc.oid
+                                 and d.refclassid = 'pg_catalog.pg_extension'::regclass and d.deptype = 'e'
+      join pg_catalog.pg_extension e on e.oid = d.refobjid
+     where oc.opcname = 'gin_trgm_ops' and am.amname = 'gin' and e.extname = 'pg_trgm'
+     limit 1
+$$;
+
+comment on function auditdb.search_opclass() is 'auditdb: pg_trgm''s operator class for search indexes, if installed';
+
+-- Give each month that has closed a trigram index for `log --search` (entity name, entity id,
+-- actor email), named <partition>_search; returns the indexes made. Off the write path: a closed
+-- month takes only events emitted in it and logged late, and the open month is read through its
+-- other indexes. Without pg_trgm (auditdb.search_opclass() null) it does nothing.
+-- definer: indexes auditdb's own partitions with pg_trgm's class (a superuser's C code); no argument, no caller code.
+create or replace function auditdb.index_closed_months() returns setof text
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+-- An index build holds off the month's late events; do not queue behind a transaction holding it.
+set lock_timeout = '2s'
+as $$
+declare
+    opclass text := auditdb.search_opclass();
+    partition_name text;
+    began boolean := false;
+begin
+    perform auditdb.require_admin_here('auditdb.index_closed_months');
+    if opclass is null then
+        return;
+    end if;
+    perform pg_advisory_xact_lock(hashtext('auditdb.index_closed_months'));
+    for partition_name in
+        select c.relname::text
+          from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'auditdb.log'::regclass and c.relname ~ '^log_[0-9]{4}_[0-9]{2}$'
+           and (to_date(substr(c.relname, 5), 'YYYY_MM')::timestamp + interval '1 month') at time zone 'UTC'
+               <= auditdb.month_start(0)
+           and to_regclass(format('auditdb.%I', c.relname || '_search')) is null
+         order by c.relname
+    loop
+        if not began and not auditdb.in_maintenance() then
+            perform auditdb.begin_maintenance();
+            began := true;
+        end if;
+        execute format('create index %I on auditdb.%I using gin (entity_name %s, entity_id %s, actor_email %s)',
+                       partition_name || '_search', partition_name, opclass, opclass, opclass);
+        return next partition_name || '_search';
+    end loop;
+    if began then
+        perform auditdb.end_maintenance();
+    end if;
+end
+$$;
+
+comment on function auditdb.index_closed_months() is 'auditdb: trigram search indexes on the months that have closed';
+
 -- The monthly partitions with their month and row estimate, oldest first.
 -- definer: reads the catalog and the partitions' sizes; takes no argument.
 create or replace function auditdb.partitions()
