@@ -48,7 +48,7 @@ __all__ = [
 
 # Bump when the template's output changes, so `status` calls existing installs outdated (and
 # sql/definitions/refresh.sql gives older ones the generic body on upgrade).
-TEMPLATE_VERSION = "4"
+TEMPLATE_VERSION = "5"
 BOOL_OID = 16
 SIGNATURE_PREFIX = "auditdb:"
 

@@ -236,13 +236,24 @@ def members(value: JsonText) -> dict[str, JsonText] | None:
 Change = dict[str, JsonText] | JsonText
 
 
+# A whole row (CREATE, DELETE) since release 0008: {"": "new" or "old", column: value, …}. The key
+# "" cannot be a column's name; entries written before hold {column: {"new": value}, …}.
+WHOLE_ROW = ""
+
+
 def split_changes(changes: JsonText | None) -> dict[str, Change]:
     """An entry's changes as {column: {"old": text, "new": text}}, each side only where present.
 
-    A column whose change is not an object (no capture writes one) keeps its text as it is.
+    Reads both shapes of a whole row (see WHOLE_ROW). A column whose change is not an object (no
+    capture writes one) keeps its text as it is.
     """
     split: dict[str, Change] = {}
     top = members(changes) if changes is not None else None
+    side = top.pop(WHOLE_ROW, None) if top else None
+    if side is not None and side.text in ('"new"', '"old"'):
+        return {column: {side.text.strip('"'): value} for column, value in (top or {}).items()}
+    if side is not None:
+        split[WHOLE_ROW] = side
     for column, change in (top or {}).items():
         sides = members(change)
         split[column] = change if sides is None else sides

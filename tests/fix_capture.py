@@ -59,6 +59,14 @@ def example(conn: psycopg.Connection[Any]) -> Config:
     return config
 
 
+def as_read(changes: Any) -> Any:
+    """An entry's changes as every reader shows them: a whole row (CREATE, DELETE), stored since
+    release 0008 as {"": side, column: value, …}, becomes {column: {side: value}, …}."""
+    if isinstance(changes, dict) and changes.get("") in ("new", "old"):
+        return {column: {changes[""]: value} for column, value in changes.items() if column != ""}
+    return changes
+
+
 def entries(conn: psycopg.Connection[Any], where: str = "true", params: Any = None) -> list[dict[str, Any]]:
     """Entries of data changes and events (not AUDIT_CHANGED) matching a condition, in insert order."""
     return audit_entries(conn, f"action <> 'AUDIT_CHANGED' and ({where})", params)
@@ -68,6 +76,8 @@ def audit_entries(conn: psycopg.Connection[Any], where: str = "true", params: An
     """All entries matching a condition, AUDIT_CHANGED included, in insert order."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(f"select * from auditdb.log where {where} order by id", params).fetchall()  # noqa: S608
+    for row in rows:
+        row["changes"] = as_read(row["changes"])
     if GENERIC:
         # Every captured entry came through the generic body, which says so; the rest of it must be
         # what the generated function writes, which the tests check.

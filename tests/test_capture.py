@@ -71,6 +71,31 @@ def test_update_logs_only_changed_columns_and_delete_every_old_value(items: psyc
     assert all(set(v) == {"old"} for v in delete["changes"].values())
 
 
+def test_a_whole_row_is_stored_once_with_its_side_and_read_as_before(items: psycopg.Connection[Any]) -> None:
+    # CREATE and DELETE store the row as it is, with its side under "" (which no column can be
+    # named), not each column wrapped; readers show both shapes the same (release 0008).
+    from auditdb.query import JsonText, split_changes
+
+    items.execute("insert into items (id, name, qty) values (1, 'Bolt', 5)")
+    items.execute("delete from items where id = 1")
+    stored = [r[0] for r in items.execute("select changes from auditdb.log where table_name is not null order by id")]
+    assert stored[0] == {
+        "": "new", "id": 1, "name": "Bolt", "qty": 5, "tenant_id": None, "project": None, "password": None,
+        "api_token": None, "is_deleted": False, "gone_at": None, "updated_at": None,
+    }  # fmt: skip
+    assert stored[1][""] == "old" and stored[1]["name"] == "Bolt" and len(stored[1]) == len(stored[0])
+    older = JsonText('{"id": {"new": 1}, "name": {"new": "Bolt"}}')
+    newer = JsonText('{"": "new", "id": 1, "name": "Bolt"}')
+    assert (
+        split_changes(newer)
+        == split_changes(older)
+        == {
+            "id": {"new": JsonText("1")},
+            "name": {"new": JsonText('"Bolt"')},
+        }
+    )
+
+
 def test_noop_and_ignored_only_updates_write_nothing(items: psycopg.Connection[Any]) -> None:
     items.execute("insert into items (id, name, qty) values (1, 'Bolt', 5), (2, 'Nut', 1)")
     before = len(entries(items))

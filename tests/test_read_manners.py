@@ -309,7 +309,7 @@ def test_numbers_print_exactly_as_stored(conn: psycopg.Connection[Any], dsn: str
 
     for i, number in enumerate(stored):
         create = conn.execute(
-            "select id, changes->'price'->>'new' from auditdb.log where entity_type = 'Price' and entity_id = %s "
+            "select id, changes->>'price' from auditdb.log where entity_type = 'Price' and entity_id = %s "
             "order by id limit 1",
             (str(i),),
         ).fetchone()

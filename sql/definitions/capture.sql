@@ -147,8 +147,9 @@ declare
     current_columns jsonb := '{}';
     row_columns text[] := '{}';
     pair text;
-    new_pairs text[] := '{}';
-    old_pairs text[] := '{}';
+    -- A whole row (CREATE, DELETE): its columns as they are, and under "" (no column's name) its side.
+    new_pairs text[] := array[format('%L, %L', '', 'new')];
+    old_pairs text[] := array[format('%L, %L', '', 'old')];
     diff text[] := '{}';
     key_columns text[] := '{}';
     key_n text;
@@ -237,10 +238,8 @@ begin
         current_columns := current_columns || jsonb_build_object(col.attnum::text,
             jsonb_build_object('name', col.name, 'type', col.atttypid, 'collation', col.attcollation, 'kind', col.kind,
                                'masked', col.mask is not null));
-        new_pairs := new_pairs || format('%L, pg_catalog.jsonb_build_object(%L, %s)', col.name, 'new',
-                                         auditdb.capture_value_sql('n', col.name, col.kind, col.mask));
-        old_pairs := old_pairs || format('%L, pg_catalog.jsonb_build_object(%L, %s)', col.name, 'old',
-                                         auditdb.capture_value_sql('o', col.name, col.kind, col.mask));
+        new_pairs := new_pairs || format('%L, %s', col.name, auditdb.capture_value_sql('n', col.name, col.kind, col.mask));
+        old_pairs := old_pairs || format('%L, %s', col.name, auditdb.capture_value_sql('o', col.name, col.kind, col.mask));
         if not col.ignored then
             diff := diff || format('case when %s then pg_catalog.jsonb_build_object(%L, pg_catalog.jsonb_build_object(%L, %s, %L, %s)) else %L::jsonb end',
                                    auditdb.capture_changed_sql(col.name, col.kind), col.name,

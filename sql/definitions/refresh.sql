@@ -14,7 +14,7 @@ begin
          where p.pronamespace = 'auditdb'::regnamespace and p.proname like 'auditdb\_capture\_%'
            and p.pronargs = 0 and p.prorettype = 'trigger'::regtype
     loop
-        if f.signature not like 'auditdb:4:%' then
+        if f.signature not like 'auditdb:5:%' then
             perform auditdb.use_generic_capture(f.name);
         end if;
         execute format('alter function auditdb.%I() owner to auditdb_capture', f.name);
