@@ -141,21 +141,14 @@ def partitions_list(ctx: click.Context) -> None:
 )
 @click.pass_context
 def partitions_ensure(ctx: click.Context, months_ahead: int) -> None:
-    """Create the partitions of this month and the next months where missing.
-
-    Also gives each month that has closed its trigram index for `log --search` when the
-    pg_trgm extension is installed (the worker does both hourly).
-    """
+    """Create the partitions of this month and the next months where missing."""
     with _admin_connection(ctx) as conn:
         created = partitions.ensure(conn, months_ahead)
-        indexed = partitions.index_closed_months(conn)
     if created:
         for name in created:
             click.echo(f"created auditdb.{name}")
     else:
         click.echo(f"partitions exist for this month and {months_ahead} ahead; nothing to do")
-    for name in indexed:
-        click.echo(f"indexed auditdb.{name.removesuffix('_search')} for --search")
 
 
 @partitions_group.command(name="prune")

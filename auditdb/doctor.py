@@ -13,7 +13,6 @@ from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_marker, installed_version
 from auditdb.integrity import structure_differences
-from auditdb.partitions import search_unindexed
 from auditdb.plan import plan_tables
 from auditdb.status import State, event_trigger_status, status
 
@@ -213,28 +212,6 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
             else "this month and the next 2 exist",
         )
     )
-
-    trgm, unindexed = search_unindexed(conn)
-    if unindexed and not trgm:
-        checks.append(
-            Check(
-                "search index",
-                "warn",
-                f"pg_trgm is not installed: `log --search` reads every entry of {len(unindexed)} closed month(s); "
-                "as a superuser: create extension pg_trgm",
-            )
-        )
-    elif unindexed:
-        checks.append(
-            Check(
-                "search index",
-                "warn",
-                f"{', '.join(unindexed)} not yet indexed for --search: run `auditdb partitions ensure` "
-                "(the worker does it hourly)",
-            )
-        )
-    else:
-        checks.append(Check("search index", "ok", "every closed month indexed" if trgm else "no closed month yet"))
 
     stray = _one(conn, "select count(*) from auditdb.log where tableoid = 'auditdb.log_default'::regclass")
     checks.append(

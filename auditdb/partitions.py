@@ -50,28 +50,6 @@ def ensure(conn: psycopg.Connection[Any], months_ahead: int = 3) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def index_closed_months(conn: psycopg.Connection[Any]) -> list[str]:
-    """Give each closed month its trigram index for `--search` (needs pg_trgm); the indexes made."""
-    with pinned(conn):
-        rows = conn.execute("select auditdb.index_closed_months()").fetchall()
-    return [str(r[0]) for r in rows]
-
-
-def search_unindexed(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]]:
-    """(pg_trgm installed, closed months without a search index)."""
-    with pinned(conn):
-        row = conn.execute("select auditdb.search_opclass() is not null").fetchone()
-        months = conn.execute(
-            """select c.relname::text from pg_catalog.pg_inherits i join pg_catalog.pg_class c on c.oid = i.inhrelid
-                where i.inhparent = 'auditdb.log'::regclass and c.relname ~ '^log_[0-9]{4}_[0-9]{2}$'
-                  and (to_date(substr(c.relname, 5), 'YYYY_MM')::timestamp + interval '1 month') at time zone 'UTC'
-                      <= auditdb.month_start(0)
-                  and to_regclass(pg_catalog.format('auditdb.%I', c.relname || '_search')) is null
-                order by 1"""
-        ).fetchall()
-    return bool(row and row[0]), [str(m[0]) for m in months]
-
-
 def _candidates(conn: psycopg.Connection[Any], older_than: int) -> list[str]:
     with pinned(conn):
         rows = conn.execute(

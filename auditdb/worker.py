@@ -192,11 +192,6 @@ class Worker:
                 created = [r[0] for r in conn.execute("select auditdb.ensure_partitions(3)").fetchall()]
             for name in created:
                 log.info("created partition auditdb.%s", name)
-            # Once a month: a closed month's search index (a no-op without pg_trgm, or when built).
-            with conn.transaction():
-                indexed = [r[0] for r in conn.execute("select auditdb.index_closed_months()").fetchall()]
-            for name in indexed:
-                log.info("built search index auditdb.%s", name)
         except psycopg.Error as e:
             log.error("partition upkeep failed: %s", describe_error(e))
 

@@ -76,23 +76,6 @@ def prepare(conn: psycopg.Connection[Any], rows: int) -> None:
     conn.execute("vacuum analyze auditdb.log")
 
 
-def index_closed_months(conn: psycopg.Connection[Any]) -> tuple[float, int]:
-    """What the worker's upkeep does once a month closes: the trigram search indexes (pg_trgm).
-
-    Returns the seconds taken and the bytes they use.
-    """
-    conn.execute("create extension if not exists pg_trgm")
-    started = time.perf_counter()
-    made = conn.execute("select auditdb.index_closed_months()").fetchall()
-    seconds = time.perf_counter() - started
-    conn.execute("analyze auditdb.log")
-    size = conn.execute(
-        "select coalesce(sum(pg_relation_size(format('auditdb.%%I', n)::regclass)), 0) from unnest(%s::text[]) n",
-        ([m[0] for m in made],),
-    ).fetchone()
-    return seconds, int(size[0]) if size else 0
-
-
 def cases(now: datetime) -> dict[str, Filters]:
     return {
         "newest 50": Filters(),
@@ -134,7 +117,6 @@ def main() -> None:
             started = time.perf_counter()
             prepare(conn, args.rows)
             fill_s = time.perf_counter() - started
-            index_s, index_bytes = index_closed_months(conn)
             size = conn.execute(
                 "select pg_size_pretty(sum(pg_total_relation_size(inhrelid))) from pg_inherits "
                 "where inhparent = 'auditdb.log'::regclass"
@@ -146,8 +128,7 @@ def main() -> None:
                 "by the script",
                 f"- command: `python bench/query.py --server {key} --rows {args.rows} --repeat {args.repeat}`",
                 f"- log: {args.rows:,} entries over 12 months and 50 tenants, {size} with indexes, "
-                f"written in {fill_s:.0f} s; the 12 closed months' search indexes (pg_trgm, built as the worker does "
-                f"once a month closes) {index_bytes / 2**20:.0f} MB, built in {index_s:.0f} s",
+                f"written in {fill_s:.0f} s",
                 "- each filter through auditdb.query.fetch (what `auditdb log` runs), limit 50, warm cache; "
                 "`show` and `history` through the functions those commands run",
                 "",

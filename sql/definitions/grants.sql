@@ -57,7 +57,6 @@ grant execute on function auditdb.reader_tenants(), auditdb.reader_sees_all(),
 grant execute on function auditdb.type_kind(oid), auditdb.scalar_base_type(oid), auditdb.exact_equality(oid, oid)
     to auditdb_admin;
 grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(), auditdb.month_start(integer),
-                          auditdb.index_closed_months(),
                           auditdb.record_archive(text, bigint, text, text),
                           auditdb.prune_partitions(integer, boolean),
                           auditdb.process_events(integer),
@@ -65,4 +64,3 @@ grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions
                           auditdb.live_workers(),
                           auditdb.wakeup_hold(integer), auditdb.wakeup_release()
     to auditdb_admin;
-grant execute on function auditdb.search_opclass() to auditdb_admin, auditdb_viewer;
