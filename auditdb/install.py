@@ -220,10 +220,23 @@ def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False, not
 
 
 def _remove(conn: psycopg.Connection[Any], found: list[Foreign]) -> None:
-    """Remove each foreign object (one that needs a person is left; _log_removed says so)."""
+    """Remove each foreign object (one that needs a person is left; _log_removed says so).
+
+    One that something else depends on stops the upgrade (nothing is changed): a function owned
+    by auditdb's roles that an application trigger uses would keep running with their rights if
+    left, and dropping it with CASCADE would silently take the trigger with it.
+    """
     for f in found:
-        if not f.remedy.startswith("--"):
-            conn.execute(sql.SQL(f.remedy))
+        if f.remedy.startswith("--"):
+            continue
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL(f.remedy))
+        except psycopg.errors.DependentObjectsStillExist as e:
+            raise AuditDBError(
+                f"{f.kind} {f.identity} was not made by auditdb and cannot be removed: {describe_error(e)}; "
+                "nothing was changed. As a superuser, drop it or give it to its rightful owner, then install again"
+            ) from e
 
 
 def _log_removed(conn: psycopg.Connection[Any], notes: UpgradeNotes) -> None:

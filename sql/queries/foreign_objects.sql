@@ -108,11 +108,6 @@ union all
 -- Objects of auditdb's roles outside the schema (a definer function they own runs with their rights).
 select 'object elsewhere', pg_catalog.pg_describe_object(sd.classid, sd.objid, sd.objsubid),
        case when sd.classid = 'pg_catalog.pg_proc'::regclass
-                 -- One something depends on (a trigger of the application's) is left to a person:
-                 -- dropping it would take the trigger with it.
-                 and not exists (select from pg_catalog.pg_depend d
-                                  where d.refclassid = 'pg_catalog.pg_proc'::regclass and d.refobjid = sd.objid
-                                    and d.deptype = 'n')
             then pg_catalog.format('drop function %%s', sd.objid::regprocedure)
             else pg_catalog.format('-- remove by hand: %%s', pg_catalog.pg_describe_object(sd.classid, sd.objid, sd.objsubid))
        end

@@ -282,11 +282,10 @@ def test_quieter_plantings_are_removed_too(empty_db: str, template_db: str) -> N
     assert line.startswith("ok"), line
 
 
-def test_a_function_elsewhere_an_applications_trigger_uses_is_reported_not_dropped(
-    empty_db: str, template_db: str
-) -> None:
-    # Dropping it would need CASCADE, which would silently take the application's trigger with it:
-    # the upgrade goes on, leaves it to a person, logs it, and doctor fails until it is gone.
+def test_a_function_elsewhere_an_applications_trigger_uses_stops_the_upgrade(empty_db: str, template_db: str) -> None:
+    # Left in place it would keep running with auditdb_owner's rights for whoever fires the trigger
+    # (forging entries, disabling guards); dropped with CASCADE it would silently take the
+    # application's trigger with it. The upgrade stops with one line and changes nothing.
     install(empty_db, target="0006")
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("grant create on schema public to auditdb_owner")
@@ -299,19 +298,13 @@ def test_a_function_elsewhere_an_applications_trigger_uses_is_reported_not_dropp
             )
         conn.execute("create trigger zz after insert on public.zz_items for each row execute function public.zz_used()")
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "public.zz_used() was not made by auditdb and cannot be removed" in result.output
+    assert "nothing was changed" in result.output and len(result.output.strip().splitlines()) == 1
     with psycopg.connect(empty_db, autocommit=True) as conn:
+        assert scalar(conn, "select version_num from auditdb.alembic_version") == "0006"
         assert scalar(conn, "select count(*) from pg_trigger where tgname = 'zz'") == 1
-        found = [
-            r[0]
-            for r in conn.execute(
-                "select entity_id from auditdb.log where metadata->>'operation' = 'foreign_object_found'"
-            ).fetchall()
-        ]
-    assert "function public.zz_used()" in found, found
-    doctor = CliRunner().invoke(cli, ["--dsn", empty_db, "--config", "/nonexistent.toml", "doctor"])
-    [line] = [line for line in doctor.output.splitlines() if "schema integrity" in line]
-    assert line.startswith("fail"), line
+        assert scalar(conn, "select proowner::regrole::text from pg_proc where proname = 'zz_used'") == "auditdb_owner"
 
 
 def test_status_and_doctor_do_not_wait_behind_an_applications_lock(
