@@ -51,7 +51,7 @@ def test_application_role_cannot_write_the_log(
 
 
 @pytest.mark.parametrize("replica", [False, True], ids=["origin", "replica"])
-@pytest.mark.parametrize("verb", sorted(set(STATEMENTS) - {"insert"}))
+@pytest.mark.parametrize("verb", sorted(STATEMENTS))
 def test_superuser_cannot_change_the_log_or_any_partition(
     verb: str, replica: bool, conn: psycopg.Connection[Any]
 ) -> None:
@@ -63,21 +63,23 @@ def test_superuser_cannot_change_the_log_or_any_partition(
             if replica:
                 conn.execute("set local session_replication_role = replica")
             conn.execute(sql.SQL(STATEMENTS[verb]).format(_table(table)))  # type: ignore[arg-type]
-        assert "append-only" in str(caught.value), (table, str(caught.value))
+        expected = "written only by auditdb" if verb == "insert" else "append-only"
+        assert expected in str(caught.value), (table, str(caught.value))
     assert scalar(conn, "select count(*) from auditdb.log") == 1
     assert scalar(conn, "select action from auditdb.log") == "LOGIN"
 
 
 def test_guards_are_enabled_always_on_every_log_table(conn: psycopg.Connection[Any]) -> None:
     tables = _log_tables(conn)
-    rows = dict(
-        conn.execute(
-            """select tgrelid::regclass::text, tgenabled from pg_trigger
-            where tgname = 'log_append_only' and tgrelid::regclass::text = any(%s)""",
-            (tables,),
-        ).fetchall()
-    )
-    assert rows == dict.fromkeys(tables, "A")
+    for guard in ("log_append_only", "log_insert_guard"):
+        rows = dict(
+            conn.execute(
+                """select tgrelid::regclass::text, tgenabled from pg_trigger
+                where tgname = %s and tgrelid::regclass::text = any(%s)""",
+                (guard, tables),
+            ).fetchall()
+        )
+        assert rows == dict.fromkeys(tables, "A"), guard
 
 
 def test_owner_inserts_are_the_only_way_in(conn: psycopg.Connection[Any]) -> None:
@@ -89,8 +91,35 @@ def test_owner_inserts_are_the_only_way_in(conn: psycopg.Connection[Any]) -> Non
     assert row[4] == {}
 
 
-def test_a_superusers_plain_insert_is_stamped_with_its_login(conn: psycopg.Connection[Any]) -> None:
-    # A superuser can do anything (an INSERT guard stopped nobody: `set role auditdb_owner` passed
-    # it); a plain INSERT still carries its login as db_user, and sealing is what shows an added entry.
-    conn.execute("insert into auditdb.log (action) values ('ADDED_BY_HAND')")
-    assert scalar(conn, "select db_user from auditdb.log where action = 'ADDED_BY_HAND'") == conn.info.user
+def test_a_role_with_bypassrls_and_pg_write_all_data_cannot_add_entries(
+    conn: psycopg.Connection[Any], pg_server: Any, dbname: str, make_role: Any
+) -> None:
+    # Privileges alone do not stop it (pg_write_all_data grants INSERT, BYPASSRLS skips the policy
+    # that would refuse it): the INSERT guard does, and so it stayed when its cost went (0008).
+    role = make_role()
+    conn.execute(f"alter role {role} bypassrls")
+    conn.execute(f"grant pg_write_all_data to {role}")
+    with psycopg.connect(pg_server.dsn(dbname, user=role), autocommit=True) as writer:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="written only by auditdb"):
+            writer.execute(
+                "insert into auditdb.log (id, occurred_at, action, entity_type, entity_id, db_user, txid)"
+                " values (1, now() - interval '1 day', 'CREATE', 'Item', '1', 'alice', 1)"
+            )
+    assert scalar(conn, "select count(*) from auditdb.log where db_user = 'alice'") == 0
+
+
+def test_auditdbs_own_inserts_call_no_guard_function(conn: psycopg.Connection[Any]) -> None:
+    # The INSERT guard's condition is its WHEN clause: an entry written as auditdb_owner or
+    # auditdb_capture runs no trigger function at all (it used to be a PL/pgSQL call each time).
+    with conn.transaction():
+        conn.execute("set local track_functions = 'all'")
+        conn.execute("set local role auditdb_owner")
+        conn.execute("insert into auditdb.log (action) values ('LOGIN')")
+        conn.execute("reset role")
+        calls = scalar(
+            conn,
+            "select coalesce(sum(calls), 0) from pg_stat_xact_user_functions where funcname = 'refuse_log_change'",
+        )
+    assert calls == 0
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        conn.execute("insert into auditdb.log (action) values ('FORGED')")

@@ -162,15 +162,17 @@ declare
     bad record;
 begin
     for bad in
-        select c.oid::regclass::text as tbl, t.tgenabled
+        select c.oid::regclass::text as tbl, g.name, t.tgenabled
           from pg_class c
-          left join pg_trigger t on t.tgrelid = c.oid and t.tgfoid = 'auditdb.refuse_log_change()'::regprocedure
+         cross join (values ('log_append_only'), ('log_insert_guard')) g(name)
+          left join pg_trigger t on t.tgrelid = c.oid and t.tgname = g.name
+                                and t.tgfoid = 'auditdb.refuse_log_change()'::regprocedure
          where c.oid = 'auditdb.log'::regclass
             or c.oid in (select inhrelid from pg_inherits where inhparent = 'auditdb.log'::regclass)
     loop
         if bad.tgenabled is distinct from 'A' then
             perform auditdb.log_audit_change('AuditLog', bad.tbl, bad.tbl, bad.tbl,
-                jsonb_build_object('operation', lower(command), 'trigger', 'log_append_only',
+                jsonb_build_object('operation', lower(command), 'trigger', bad.name,
                                    'state', coalesce(bad.tgenabled::text, 'missing')));
         end if;
     end loop;
@@ -506,7 +508,8 @@ begin
                 continue when rel is null;
                 if rel = 'auditdb.log'::regclass
                    or exists (select from pg_inherits where inhrelid = rel and inhparent = 'auditdb.log'::regclass) then
-                    if not exists (select from pg_trigger where tgrelid = rel and tgfoid = 'auditdb.refuse_log_change()'::regprocedure) then
+                    if obj.address_names[3] in ('log_append_only', 'log_insert_guard')
+                       or not exists (select from pg_trigger where tgrelid = rel and tgfoid = 'auditdb.refuse_log_change()'::regprocedure) then
                         perform auditdb.log_audit_change('AuditTrigger', obj.object_identity, obj.address_names[3], null,
                             jsonb_build_object('operation', 'drop_trigger', 'trigger', obj.object_identity, 'command', tg_tag));
                     end if;

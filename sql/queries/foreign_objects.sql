@@ -68,7 +68,7 @@ select 'trigger', pg_catalog.format('%%I on %%s', t.tgname, t.tgrelid::regclass)
        pg_catalog.format('drop trigger %%I on %%s', t.tgname, t.tgrelid::regclass)
   from pg_catalog.pg_trigger t
  where t.tgrelid in (select oid from rels) and not t.tgisinternal
-   and not (t.tgname = 'log_append_only'
+   and not (t.tgname in ('log_append_only', 'log_insert_guard')
             and t.tgfoid = (select oid from pg_catalog.pg_proc
                              where pronamespace = 'auditdb'::regnamespace and proname = 'refuse_log_change'))
 union all
