@@ -74,7 +74,9 @@ def table_state(
     if renamed:
         return TableStatus(name, State.OUTDATED, f"capture trigger(s) renamed: {', '.join(renamed)}; run apply")
     function = conn.execute(
-        """select pg_catalog.obj_description(p.oid, 'pg_proc'), p.prosecdef and p.proowner = 'auditdb_capture'::regrole
+        """select pg_catalog.obj_description(p.oid, 'pg_proc'), p.prosecdef and p.proowner = 'auditdb_capture'::regrole,
+                  p.proconfig is not distinct from (select g.proconfig from pg_catalog.pg_proc g
+                                                     where g.oid = 'auditdb.capture_generic()'::pg_catalog.regprocedure)
              from pg_catalog.pg_proc p where p.oid = pg_catalog.to_regprocedure(%s)""",
         (f"auditdb.{ident(plan.function)}()",),
     ).fetchone()
@@ -86,6 +88,9 @@ def table_state(
         )
     if not function[1]:
         return TableStatus(name, State.OUTDATED, "capture function not as apply made it (owner or security changed)")
+    if not function[2]:
+        # Its search_path, time zone and styles are what keep it from running code it should not.
+        return TableStatus(name, State.OUTDATED, "capture function's settings changed since apply; run apply")
     pending = conn.execute(
         """select string_agg(i.inhrelid::regclass::text, ', ') from pg_catalog.pg_inherits i
             where i.inhdetachpending

@@ -168,3 +168,18 @@ def test_every_capture_function_has_the_generic_ones_settings(conn: psycopg.Conn
     assert "TimeZone=UTC" in generic and "jit=off" in generic and any(s.startswith("search_path=") for s in generic)
     assert len(rows) == 3 and {r[2] == "auditdb:generic" for r in rows} == {True, False}
     assert all(r[1] == generic for r in rows), rows
+
+
+def test_status_reports_a_capture_function_whose_settings_changed(conn: psycopg.Connection[Any], project: Path) -> None:
+    # Its pinned search_path and styles are part of what keeps capture from running the
+    # application's code: a function without them is not as apply made it.
+    assert _cli(conn, project, "apply").exit_code == 0
+    function = scalar(
+        conn, "select oid::regprocedure::text from pg_proc where proname like 'auditdb\\_capture\\_a\\_%%'"
+    )
+    conn.execute(f"alter function {function} reset all")
+    result = _cli(conn, project, "status")
+    assert result.exit_code == 1, result.output
+    assert "public.a" in result.output and "settings changed since apply" in result.output
+    assert _cli(conn, project, "apply").exit_code == 0
+    assert _cli(conn, project, "status").exit_code == 0
