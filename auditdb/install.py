@@ -234,8 +234,9 @@ def _remove(conn: psycopg.Connection[Any], found: list[Foreign]) -> None:
                 conn.execute(sql.SQL(f.remedy))
         except psycopg.errors.DependentObjectsStillExist as e:
             raise AuditDBError(
-                f"{f.kind} {f.identity} was not made by auditdb and cannot be removed: {describe_error(e)}; "
-                "nothing was changed. As a superuser, drop it or give it to its rightful owner, then install again"
+                f"{f.identity} belongs to auditdb's roles but was not made by auditdb, and cannot be removed: "
+                f"{e.diag.message_primary}; nothing was changed. As a superuser, drop it or give it to its "
+                "rightful owner, then install again"
             ) from e
 
 

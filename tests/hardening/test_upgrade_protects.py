@@ -299,7 +299,8 @@ def test_a_function_elsewhere_an_applications_trigger_uses_stops_the_upgrade(emp
         conn.execute("create trigger zz after insert on public.zz_items for each row execute function public.zz_used()")
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
     assert result.exit_code == 1, result.output
-    assert "public.zz_used() was not made by auditdb and cannot be removed" in result.output
+    assert "function public.zz_used() belongs to auditdb's roles but was not made by auditdb" in result.output
+    assert "CASCADE" not in result.output
     assert "nothing was changed" in result.output and len(result.output.strip().splitlines()) == 1
     with psycopg.connect(empty_db, autocommit=True) as conn:
         assert scalar(conn, "select version_num from auditdb.alembic_version") == "0006"
