@@ -75,8 +75,9 @@ def table_state(
         return TableStatus(name, State.OUTDATED, f"capture trigger(s) renamed: {', '.join(renamed)}; run apply")
     function = conn.execute(
         """select pg_catalog.obj_description(p.oid, 'pg_proc'), p.prosecdef and p.proowner = 'auditdb_capture'::regrole,
-                  p.proconfig is not distinct from (select g.proconfig from pg_catalog.pg_proc g
-                                                     where g.oid = 'auditdb.capture_generic()'::pg_catalog.regprocedure)
+                  p.proconfig is not distinct from (
+                      select g.proconfig from pg_catalog.pg_proc g
+                       where g.oid = pg_catalog.to_regprocedure('auditdb.capture_generic()'))
              from pg_catalog.pg_proc p where p.oid = pg_catalog.to_regprocedure(%s)""",
         (f"auditdb.{ident(plan.function)}()",),
     ).fetchone()

@@ -36,6 +36,7 @@ begin
         execute pg_catalog.format('drop trigger log_append_only on %s', g.target);
         execute pg_catalog.format('create trigger log_append_only before update or delete or truncate on %s '
                                   'for each statement execute function auditdb.refuse_log_change()', g.target);
+        execute pg_catalog.format('drop trigger if exists log_insert_guard on %s', g.target);
         execute pg_catalog.format('create trigger log_insert_guard before insert on %s for each statement '
                                   'when (current_user not in (''auditdb_owner'', ''auditdb_capture'')) '
                                   'execute function auditdb.refuse_log_change()', g.target);

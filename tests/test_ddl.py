@@ -141,6 +141,25 @@ def test_log_partitions_and_guards_changes_are_logged(conn: psycopg.Connection[A
     assert ("alter table", f"auditdb.{months[0]}") in ops
 
 
+def test_a_guard_renamed_then_dropped_or_replaced_is_logged(conn: psycopg.Connection[Any]) -> None:
+    # Each step of taking a guard away is an entry: the rename (the guard is gone by its name),
+    # the drop under its new name, and a replacement that fires on other events or without its
+    # condition.
+    conn.execute("alter trigger log_insert_guard on auditdb.log rename to quiet")
+    conn.execute("drop trigger quiet on auditdb.log")
+    conn.execute(
+        "create or replace trigger log_append_only before delete on auditdb.log_default"
+        " for each statement execute function auditdb.refuse_log_change()"
+    )
+    found = [
+        (e["metadata"]["operation"], e["metadata"].get("trigger"), e["metadata"].get("state"))
+        for e in audit_entries(conn)
+    ]
+    assert ("alter trigger", "log_insert_guard", "missing") in found, found
+    assert ("drop_trigger", "quiet on auditdb.log", None) in found, found
+    assert ("create trigger", "log_append_only", "changed") in found, found
+
+
 def test_dropping_a_tracked_table_is_logged(tracked: psycopg.Connection[Any]) -> None:
     tracked.execute("drop table t")
     [e] = audit_entries(tracked, "metadata->>'operation' = 'drop_table'")

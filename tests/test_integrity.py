@@ -84,7 +84,7 @@ def test_an_upgrade_from_every_release_ends_as_a_fresh_install(release: str, emp
     [
         ("alter table auditdb.log_default disable trigger log_append_only", "log_default.log_append_only"),
         (
-            "drop trigger log_append_only on auditdb.log; create trigger log_append_only before insert on auditdb.log "
+            "drop trigger log_append_only on auditdb.log; create trigger log_append_only before delete on auditdb.log "
             "for each statement execute function auditdb.refuse_log_change()",
             "log.log_append_only",
         ),

@@ -1,4 +1,4 @@
-"""Cheaper entries: the log's CHECK constraints go, and the append-only guard no longer fires on INSERT.
+"""Cheaper entries: the log's CHECK constraints go; INSERT gets its own guard, its condition a WHEN clause.
 
 Revision ID: 0008
 Revises: 0007

@@ -162,9 +162,13 @@ declare
     bad record;
 begin
     for bad in
-        select c.oid::regclass::text as tbl, g.name, t.tgenabled
+        -- tgtype: 2 BEFORE, 4 INSERT, 8 DELETE, 16 UPDATE, 32 TRUNCATE (statement level: no 1).
+        select c.oid::regclass::text as tbl, g.name,
+               case when t.oid is not null
+                         and (t.tgtype <> g.tgtype or (t.tgqual is null) <> g.unconditional)
+                    then 'changed' else t.tgenabled::text end as tgenabled
           from pg_class c
-         cross join (values ('log_append_only'), ('log_insert_guard')) g(name)
+         cross join (values ('log_append_only', 58::int2, true), ('log_insert_guard', 6::int2, false)) g(name, tgtype, unconditional)
           left join pg_trigger t on t.tgrelid = c.oid and t.tgname = g.name
                                 and t.tgfoid = 'auditdb.refuse_log_change()'::regprocedure
          where c.oid = 'auditdb.log'::regclass
@@ -458,6 +462,12 @@ begin
                                                    obj.object_identity, tg_tag);
                     end if;
                 end if;
+            elsif obj.classid = 'pg_trigger'::regclass
+                  and exists (select from pg_trigger t where t.oid = obj.objid
+                                 and (t.tgrelid = 'auditdb.log'::regclass
+                                      or t.tgrelid in (select inhrelid from pg_inherits where inhparent = 'auditdb.log'::regclass))) then
+                -- A guard renamed, or replaced by CREATE OR REPLACE TRIGGER.
+                perform auditdb.watch_log(tg_tag);
             elsif obj.classid = 'pg_trigger'::regclass then
                 -- A capture trigger renamed: still captures, but status and the drop watcher know it by name.
                 select t.tgname, t.tgrelid, tt.table_name into trg
@@ -508,11 +518,9 @@ begin
                 continue when rel is null;
                 if rel = 'auditdb.log'::regclass
                    or exists (select from pg_inherits where inhrelid = rel and inhparent = 'auditdb.log'::regclass) then
-                    if obj.address_names[3] in ('log_append_only', 'log_insert_guard')
-                       or not exists (select from pg_trigger where tgrelid = rel and tgfoid = 'auditdb.refuse_log_change()'::regprocedure) then
-                        perform auditdb.log_audit_change('AuditTrigger', obj.object_identity, obj.address_names[3], null,
-                            jsonb_build_object('operation', 'drop_trigger', 'trigger', obj.object_identity, 'command', tg_tag));
-                    end if;
+                    -- Any trigger of the log's, whatever it is called now (a guard renamed, then dropped).
+                    perform auditdb.log_audit_change('AuditTrigger', obj.object_identity, obj.address_names[3], null,
+                        jsonb_build_object('operation', 'drop_trigger', 'trigger', obj.object_identity, 'command', tg_tag));
                     continue;
                 end if;
                 select * into tracked from auditdb.tracked_tables tt where tt.relid = coalesce(pg_partition_root(rel), rel);
