@@ -242,17 +242,28 @@ grant create on schema auditdb to auditdb_writer;
 """
 
 
+def _owner_planted_elsewhere_under_0006(empty_db: str, before: str, planting: str, after: str = "") -> None:
+    """Release 0006, where auditdb_owner (which the application could act as) may create in public."""
+    install(empty_db, target="0006")
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("grant create on schema public to auditdb_owner")
+        conn.execute(before)
+        with conn.transaction():
+            conn.execute("set local role auditdb_owner")
+            conn.execute(planting)
+        if after:
+            conn.execute(after)
+
+
 def test_quieter_plantings_are_removed_too(empty_db: str, template_db: str) -> None:
     # An overload of auditdb.emit a call could pick; constraints, indexes and generated columns
     # calling the application's code whenever auditdb writes; a definer function owned by
     # auditdb_owner outside the schema; default privileges; CREATE on the schema for its roles.
-    install(empty_db, target="0006")
-    with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute("grant create on schema public to auditdb_owner")
-        conn.execute("create function public.zz_probe(text) returns boolean language sql immutable as 'select true'")
-        with conn.transaction():
-            conn.execute("set local role auditdb_owner")
-            conn.execute(PLANTED_QUIETER.format(app=APP_ROLE))
+    _owner_planted_elsewhere_under_0006(
+        empty_db,
+        "create function public.zz_probe(text) returns boolean language sql immutable as 'select true'",
+        PLANTED_QUIETER.format(app=APP_ROLE),
+    )
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
     assert result.exit_code == 0, result.output
     removed = _removed_by_install(empty_db)
@@ -286,17 +297,13 @@ def test_a_function_elsewhere_an_applications_trigger_uses_stops_the_upgrade(emp
     # Left in place it would keep running with auditdb_owner's rights for whoever fires the trigger
     # (forging entries, disabling guards); dropped with CASCADE it would silently take the
     # application's trigger with it. The upgrade stops with one line and changes nothing.
-    install(empty_db, target="0006")
-    with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute("grant create on schema public to auditdb_owner")
-        conn.execute("create table public.zz_items (id int)")
-        with conn.transaction():
-            conn.execute("set local role auditdb_owner")
-            conn.execute(
-                "create function public.zz_used() returns trigger language plpgsql security definer"
-                " as 'begin return null; end'"
-            )
-        conn.execute("create trigger zz after insert on public.zz_items for each row execute function public.zz_used()")
+    _owner_planted_elsewhere_under_0006(
+        empty_db,
+        "create table public.zz_items (id int)",
+        "create function public.zz_used() returns trigger language plpgsql security definer"
+        " as 'begin return null; end'",
+        "create trigger zz after insert on public.zz_items for each row execute function public.zz_used()",
+    )
     result = CliRunner().invoke(cli, ["--dsn", empty_db, "install"])
     assert result.exit_code == 1, result.output
     assert "function public.zz_used() belongs to auditdb's roles but was not made by auditdb" in result.output
