@@ -141,6 +141,17 @@ def test_log_partitions_and_guards_changes_are_logged(conn: psycopg.Connection[A
     assert ("alter table", f"auditdb.{months[0]}") in ops
 
 
+def test_the_log_watcher_knows_each_guard_as_install_makes_it(conn: psycopg.Connection[Any]) -> None:
+    # DDL on the log that leaves its guards as they are logs nothing: the watcher's idea of each
+    # guard (events, condition, ALWAYS) is what sql/definitions/guard.sql makes, on every table.
+    months = [r[0] for r in conn.execute("select partition_name from auditdb.partitions() order by 1")]
+    for table in ("auditdb.log", "auditdb.log_default", f"auditdb.{months[0]}"):
+        conn.execute(
+            f"alter table {table} enable always trigger log_append_only, enable always trigger log_insert_guard"
+        )
+    assert audit_entries(conn, "metadata ? 'trigger'") == []
+
+
 def test_a_guard_renamed_then_dropped_or_replaced_is_logged(conn: psycopg.Connection[Any]) -> None:
     # Each step of taking a guard away is an entry: the rename (the guard is gone by its name),
     # the drop under its new name, and a replacement that fires on other events or without its
