@@ -18,6 +18,7 @@ from psycopg import sql
 from auditdb.cli import cli
 from auditdb.errors import AuditDBError
 from tests.fix_capture import audit_entries
+from tests.fix_cli import auditdb_process
 from tests.fix_roles import MakeRole
 from tests.fix_worker import drain
 
@@ -25,7 +26,7 @@ BAD = "host=127.0.0.1 port=1 dbname=nowhere user=nobody connect_timeout=2"
 
 
 def _auditdb(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "auditdb", *args], capture_output=True, text=True, check=False)
+    return auditdb_process(*args)
 
 
 def test_global_options_work_after_the_subcommand(dsn: str, tmp_path: Path) -> None:
@@ -160,13 +161,7 @@ def test_every_command_ends_quietly_when_its_reader_is_gone(
         read, write = os.pipe()
         os.close(read)
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "auditdb", "--dsn", dsn, *args],
-                stdout=write,
-                stderr=subprocess.PIPE,
-                text=True,
-                check=False,
-            )
+            proc = auditdb_process("--dsn", dsn, *args, stdout=write)
         finally:
             os.close(write)
         for noise in ("Error", "Traceback", "Exception", "Broken pipe"):
@@ -189,9 +184,7 @@ def test_an_actor_known_only_by_name_is_named(dsn: str, conn: psycopg.Connection
 
 def test_closed_or_full_standard_streams_are_one_line(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     with open("/dev/full", "w") as full:
-        helped = subprocess.run(
-            [sys.executable, "-m", "auditdb", "--help"], stdout=full, stderr=subprocess.PIPE, text=True, check=False
-        )
+        helped = auditdb_process("--help", stdout=full)
     assert helped.returncode == 1 and helped.stderr == "Error: No space left on device: standard output\n"
 
     def closed(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -266,13 +259,7 @@ def test_a_url_of_another_database_is_named() -> None:
 def test_a_full_standard_output_is_named_by_every_command(dsn: str) -> None:
     for args in (["install", "--sql"], ["status"], ["partitions", "list"], ["doctor"]):
         with open("/dev/full", "w") as full:
-            proc = subprocess.run(
-                [sys.executable, "-m", "auditdb", "--dsn", dsn, "--config", "/nonexistent.toml", *args],
-                stdout=full,
-                stderr=subprocess.PIPE,
-                text=True,
-                check=False,
-            )
+            proc = auditdb_process("--dsn", dsn, "--config", "/nonexistent.toml", *args, stdout=full)
         assert proc.returncode == 1, (args, proc.stderr)
         assert proc.stderr.splitlines()[-1] == "Error: No space left on device: standard output", (args, proc.stderr)
 

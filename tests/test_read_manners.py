@@ -27,6 +27,7 @@ from auditdb.export import export
 from auditdb.query import Filters
 from auditdb.render import NAME_CELLS, table_lines, width
 from tests.fix_capture import audit_entries
+from tests.fix_cli import auditdb_process
 from tests.fix_worker import drain
 
 
@@ -275,14 +276,7 @@ def test_a_full_stdout_is_one_line(dsn: str, conn: psycopg.Connection[Any]) -> N
     _seed(conn, 3)
     for args in (["log"], ["export", "-o", "-"], ["show", "1"], ["history", "Doc", "1"]):
         with open("/dev/full", "wb") as full:  # opened for writing: never replaced
-            proc = subprocess.run(
-                [sys.executable, "-m", "auditdb", "--dsn", dsn, *args],
-                stdout=full,
-                stderr=subprocess.PIPE,
-                text=True,
-                check=False,
-                timeout=60,
-            )
+            proc = auditdb_process("--dsn", dsn, *args, stdout=full)
         assert proc.returncode == 1
         assert _one_error_line(proc) == "Error: No space left on device: standard output"  # type: ignore[arg-type]
 
