@@ -184,8 +184,11 @@ def finish_upgrade(conn: psycopg.Connection[Any], *, migrated: bool = False, not
         notes = UpgradeNotes(held=integrity.held_privileges(conn))
     # No statement still running the old capture code may finish after this commits: wait for
     # every transaction writing a tracked table, and hold new ones until then.
-    for (relid,) in conn.execute("select relid::regclass::text from auditdb.tracked_tables").fetchall():
-        conn.execute(sql.SQL("lock table {} in share mode").format(sql.SQL(str(relid))))
+    for schema, name in conn.execute(
+        """select n.nspname::text, c.relname::text from auditdb.tracked_tables t
+             join pg_catalog.pg_class c on c.oid = t.relid join pg_catalog.pg_namespace n on n.oid = c.relnamespace"""
+    ).fetchall():
+        conn.execute(sql.SQL("lock table {} in share mode").format(sql.Identifier(schema, name)))
     # Whatever is attached to auditdb's tables that auditdb did not make goes before anything runs
     # on them; functions of others, once the definitions have rewritten auditdb's own, after.
     attached = [f for f in foreign_objects(conn) if f.kind not in ("function", "function owner")]
