@@ -141,14 +141,25 @@ def partitions_list(ctx: click.Context) -> None:
 )
 @click.pass_context
 def partitions_ensure(ctx: click.Context, months_ahead: int) -> None:
-    """Create the partitions of this month and the next months where missing."""
+    """Create the partitions of this month and the next months where missing.
+
+    Also gives each month that has closed its index for `log --search` (one month at a time,
+    newest first, each in its own transaction; the worker does both hourly).
+    """
     with _admin_connection(ctx) as conn:
         created = partitions.ensure(conn, months_ahead)
-    if created:
-        for name in created:
-            click.echo(f"created auditdb.{name}")
-    else:
-        click.echo(f"partitions exist for this month and {months_ahead} ahead; nothing to do")
+        if created:
+            for name in created:
+                click.echo(f"created auditdb.{name}")
+        else:
+            click.echo(f"partitions exist for this month and {months_ahead} ahead; nothing to do")
+        due = partitions.unindexed_months(conn)
+        for done, month in enumerate(due, 1):
+            click.echo(f"indexing auditdb.{month} for --search ({done} of {len(due)})…", err=True)
+            if partitions.index_closed_month(conn) is None:
+                click.echo(f"auditdb.{month} is busy (late entries being written); the worker retries hourly", err=True)
+                break
+            click.echo(f"indexed auditdb.{month} for --search")
 
 
 @partitions_group.command(name="prune")

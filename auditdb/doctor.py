@@ -13,6 +13,7 @@ from auditdb.db import pinned
 from auditdb.errors import AuditDBError
 from auditdb.install import HEAD_REVISION, definitions_marker, foreign_objects, installed_marker, installed_version
 from auditdb.integrity import structure_differences
+from auditdb.partitions import unindexed_months
 from auditdb.plan import plan_tables
 from auditdb.status import State, event_trigger_status, status
 
@@ -210,6 +211,18 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
             ("missing " + ", ".join(m[0] for m in missing) + ": run `auditdb partitions ensure`")
             if missing
             else "this month and the next 2 exist",
+        )
+    )
+
+    unindexed = unindexed_months(conn)
+    checks.append(
+        Check(
+            "search index",
+            "warn" if unindexed else "ok",
+            f"{', '.join(unindexed)} not indexed for --search yet (searches read every entry there): "
+            "run `auditdb partitions ensure` (the worker does it hourly)"
+            if unindexed
+            else "every closed month indexed for --search",
         )
     )
 

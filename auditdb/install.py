@@ -57,6 +57,7 @@ DEFINITIONS = (
     "partitions",
     "events",
     "access",
+    "search",
     "watch",
     "refresh",
     "grants",

@@ -17,7 +17,17 @@ from psycopg import sql
 from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.errors import AuditDBError
 
-__all__ = ["ArchiveDigest", "Partition", "Pruned", "archive_partition", "ensure", "list_partitions", "prune"]
+__all__ = [
+    "ArchiveDigest",
+    "Partition",
+    "Pruned",
+    "archive_partition",
+    "ensure",
+    "index_closed_month",
+    "list_partitions",
+    "prune",
+    "unindexed_months",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,23 @@ def ensure(conn: psycopg.Connection[Any], months_ahead: int = 3) -> list[str]:
     """Create the current month's partition and months_ahead more where missing."""
     with pinned(conn):
         rows = conn.execute("select auditdb.ensure_partitions(%s)", (months_ahead,)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def index_closed_month(conn: psycopg.Connection[Any]) -> str | None:
+    """Build one closed month's `--search` index, in its own transaction; its name, or None when none was due.
+
+    None also when the month is busy (another build, or late entries being written): try later.
+    """
+    with pinned(conn), conn.transaction():
+        row = conn.execute("select auditdb.index_closed_month()").fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def unindexed_months(conn: psycopg.Connection[Any]) -> list[str]:
+    """The closed months that have no `--search` index yet, newest first."""
+    with pinned(conn):
+        rows = conn.execute("select partition_name from auditdb.closed_months() where not indexed").fetchall()
     return [str(r[0]) for r in rows]
 
 

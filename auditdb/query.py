@@ -15,6 +15,7 @@ from psycopg import sql
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import Loader
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from auditdb.db import pinned
 from auditdb.errors import AuditDBError
@@ -276,13 +277,24 @@ def _reading(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[dict[str,
 def fetch(
     conn: psycopg.Connection[Any], filters: Filters, *, limit: int = 50, before_id: int | None = None
 ) -> list[dict[str, Any]]:
-    """Matching entries, newest first (by time, then id), at most limit; changes and metadata as JsonText."""
-    where, params = where_clause(filters, before_id)
-    query = sql.SQL(
-        "select {cols} from auditdb.log l where {where} order by l.occurred_at desc, l.id desc limit %s"
-    ).format(cols=_select_list(), where=where)
+    """Matching entries, newest first (by time, then id), at most limit; changes and metadata as JsonText.
+
+    A search text goes through auditdb.search_log, which reads the closed months' search indexes
+    within the reader's scope (row-level security cannot use them).
+    """
+    if filters.search:
+        query = sql.SQL(
+            "select {cols} from auditdb.search_log(%s, %s, %s) l order by l.occurred_at desc, l.id desc"
+        ).format(cols=_select_list())
+        params: list[Any] = [Jsonb(filters.describe()), before_id, limit]
+    else:
+        where, params = where_clause(filters, before_id)
+        query = sql.SQL(
+            "select {cols} from auditdb.log l where {where} order by l.occurred_at desc, l.id desc limit %s"
+        ).format(cols=_select_list(), where=where)
+        params.append(limit)
     with _reading(conn) as cur:
-        return cur.execute(query, [*params, limit]).fetchall()
+        return cur.execute(query, params).fetchall()
 
 
 def get_entry(conn: psycopg.Connection[Any], entry_id: int) -> dict[str, Any] | None:

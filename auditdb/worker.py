@@ -192,6 +192,12 @@ class Worker:
                 created = [r[0] for r in conn.execute("select auditdb.ensure_partitions(3)").fetchall()]
             for name in created:
                 log.info("created partition auditdb.%s", name)
+            # A month that closed gets its search index: one month per upkeep (seconds each), so
+            # events wait at most one build.
+            with conn.transaction():
+                row = conn.execute("select auditdb.index_closed_month()").fetchone()
+            if row and row[0]:
+                log.info("built search index auditdb.%s", row[0])
         except psycopg.Error as e:
             log.error("partition upkeep failed: %s", describe_error(e))
 

@@ -22,8 +22,10 @@ import psycopg
 from common import add_server_option, finish, pick_server
 from psycopg import sql
 
+from auditdb.access import grant
 from auditdb.embedded import LocalServer, server_version
 from auditdb.install import install
+from auditdb.partitions import index_closed_month
 from auditdb.query import Filters, fetch, get_entry, history, where_clause
 
 SETTINGS = {
@@ -76,6 +78,23 @@ def prepare(conn: psycopg.Connection[Any], rows: int) -> None:
     conn.execute("vacuum analyze auditdb.log")
 
 
+def index_closed_months(conn: psycopg.Connection[Any]) -> tuple[float, int, int]:
+    """What the worker's upkeep does once a month closes: each closed month's search index.
+
+    Returns the seconds taken, the months indexed and the bytes their indexes use.
+    """
+    started = time.perf_counter()
+    made = []
+    while (name := index_closed_month(conn)) is not None:
+        made.append(name)
+    seconds = time.perf_counter() - started
+    size = conn.execute(
+        "select coalesce(sum(pg_relation_size(format('auditdb.%%I', n)::regclass)), 0) from unnest(%s::text[]) n",
+        (made,),
+    ).fetchone()
+    return seconds, len(made), int(size[0]) if size else 0
+
+
 def cases(now: datetime) -> dict[str, Filters]:
     return {
         "newest 50": Filters(),
@@ -86,10 +105,18 @@ def cases(now: datetime) -> dict[str, Filters]:
         "action DELETE + 30 days": Filters(actions=("DELETE",), since=now - timedelta(days=30)),
         "project + 30 days": Filters(project="p7", since=now - timedelta(days=30)),
         "tenant + search text": Filters(tenant="t7", search="Entity 1234"),
+        "search text, every tenant": Filters(search="Entity 1234"),
     }
 
 
 def pruned(conn: psycopg.Connection[Any], filters: Filters) -> str:
+    """Partitions the plan reads; a search reads each month newest first until it has enough (auditdb.search_log)."""
+    if filters.search:
+        return "newest first"
+    return _scanned(conn, filters)
+
+
+def _scanned(conn: psycopg.Connection[Any], filters: Filters) -> str:
     where, params = where_clause(filters)
     plan = conn.execute(
         sql.SQL("explain select * from auditdb.log l where {} order by l.occurred_at desc, l.id desc limit 50").format(
@@ -117,6 +144,12 @@ def main() -> None:
             started = time.perf_counter()
             prepare(conn, args.rows)
             fill_s = time.perf_counter() - started
+            index_s, indexed, index_bytes = index_closed_months(conn)
+            # Readers as users have them: row-level security applies (a superuser would skip it).
+            conn.execute("create role bench_admin login")
+            conn.execute("create role bench_viewer login")
+            grant(conn, "bench_admin", "admin")
+            grant(conn, "bench_viewer", "viewer", ("t7",))
             size = conn.execute(
                 "select pg_size_pretty(sum(pg_total_relation_size(inhrelid))) from pg_inherits "
                 "where inhparent = 'auditdb.log'::regclass"
@@ -128,41 +161,41 @@ def main() -> None:
                 "by the script",
                 f"- command: `python bench/query.py --server {key} --rows {args.rows} --repeat {args.repeat}`",
                 f"- log: {args.rows:,} entries over 12 months and 50 tenants, {size} with indexes, "
-                f"written in {fill_s:.0f} s",
-                "- each filter through auditdb.query.fetch (what `auditdb log` runs), limit 50, warm cache; "
-                "`show` and `history` through the functions those commands run",
+                f"written in {fill_s:.0f} s; the {indexed} closed months' search indexes (what the worker builds once "
+                f"a month closes) {index_bytes / 2**20:.0f} MB, built in {index_s:.0f} s",
+                "- read as an admin login (`auditdb grant bench_admin --admin`: row-level security applies), the "
+                "last search as a viewer bound to tenant t7; each filter through auditdb.query.fetch (what "
+                "`auditdb log` runs), limit 50, warm cache; `show` and `history` through the functions those "
+                "commands run",
                 "",
                 "| filter | rows | p50 ms | p95 ms | partitions scanned |",
                 "|---|---|---|---|---|",
             ]
             now = datetime.now(UTC)
-            for name, filters in cases(now).items():
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    rows = fetch(conn, filters, limit=50)
-                    times.append((time.perf_counter() - t0) * 1000)
-                times.sort()
-                p95 = times[max(0, int(len(times) * 0.95) - 1)]
-                lines.append(
-                    f"| {name} | {len(rows)} | {statistics.median(times):.1f} | {p95:.1f} | {pruned(conn, filters)} |"
-                )
-                print(lines[-1], flush=True)
-            middle = conn.execute("select max(id) / 2 from auditdb.log").fetchone()[0]  # type: ignore[index]
-            commands: dict[str, Callable[[], Any]] = {
-                "`show` one entry by id": lambda: [get_entry(conn, middle)],
-                "`history` of one entity": lambda: history(conn, "TestCase", "1235"),
-            }
-            for name, call in commands.items():
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    rows = call()
-                    times.append((time.perf_counter() - t0) * 1000)
-                times.sort()
-                p95 = times[max(0, int(len(times) * 0.95) - 1)]
-                lines.append(f"| {name} | {len(rows)} | {statistics.median(times):.1f} | {p95:.1f} | - |")
-                print(lines[-1], flush=True)
+            with (
+                psycopg.connect(server.dsn(user="bench_admin"), autocommit=True) as admin,
+                psycopg.connect(server.dsn(user="bench_viewer"), autocommit=True) as viewer,
+            ):
+                runs: list[tuple[str, Callable[[], list[Any]], str]] = [
+                    (name, lambda f=filters: fetch(admin, f, limit=50), pruned(conn, filters))
+                    for name, filters in cases(now).items()
+                ]
+                bound = Filters(tenant="t7", search="Entity 1234")
+                name = "tenant + search text, viewer bound to t7"
+                runs.append((name, lambda: fetch(viewer, bound), pruned(conn, bound)))
+                middle = conn.execute("select max(id) / 2 from auditdb.log").fetchone()[0]  # type: ignore[index]
+                runs.append(("`show` one entry by id", lambda: [get_entry(admin, middle)], "-"))
+                runs.append(("`history` of one entity", lambda: history(admin, "TestCase", "1235"), "-"))
+                for name, call, scanned in runs:
+                    times = []
+                    for _ in range(args.repeat):
+                        t0 = time.perf_counter()
+                        rows = call()
+                        times.append((time.perf_counter() - t0) * 1000)
+                    times.sort()
+                    p95 = times[max(0, int(len(times) * 0.95) - 1)]
+                    lines.append(f"| {name} | {len(rows)} | {statistics.median(times):.1f} | {p95:.1f} | {scanned} |")
+                    print(lines[-1], flush=True)
     finally:
         server.stop()
     finish(lines, args.output)
