@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -75,13 +75,15 @@ class EventSender:
     ...             context={"ip": client_ip, "user_agent": ua})
     """
 
-    def __init__(self, dsn: str | None = None) -> None:
+    def __init__(self, dsn: str | None = None, *, connect: Callable[[], psycopg.Connection[Any]] | None = None) -> None:
+        """dsn as for auditdb's commands, or connect: a function opening an autocommit connection."""
         self._dsn = dsn
+        self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self._dsn, autocommit=True)
+            self._conn = self._connect() if self._connect is not None else connect(self._dsn, autocommit=True)
         return self._conn
 
     def emit(self, action: str, *, context: Mapping[str, Any] | None = None, **fields: Any) -> int:

@@ -2,7 +2,15 @@
 
 import pytest
 
-pytest_plugins = ["tests.fix_server", "tests.fix_db", "tests.fix_capture", "tests.fix_roles", "tests.fix_hostile"]
+pytest_plugins = [
+    "tests.fix_server",
+    "tests.fix_db",
+    "tests.fix_capture",
+    "tests.fix_roles",
+    "tests.fix_hostile",
+    "tests.fix_django",
+    "tests.fix_pgbouncer",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

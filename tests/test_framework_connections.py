@@ -27,6 +27,7 @@ from auditdb.errors import AuditDBError
 from auditdb.worker import Worker
 from tests.fix_capture import Track, entries
 from tests.fix_db import APP_ROLE, scalar
+from tests.fix_django import configure_django
 
 ITEMS = "create table public.items (id int primary key, name text)"
 ITEMS_TOML = '[tables."public.items"]\nentity_type = "Item"\nname = "name"\n'
@@ -243,13 +244,9 @@ def test_unserialisable_metadata_is_a_clear_error(conn: psycopg.Connection[Any])
 @pytest.fixture
 def django_alias(dsn: str) -> Iterator[str]:
     """A Django 5.2 database alias for the test's database (skipped when Django is not installed)."""
-    django = pytest.importorskip("django", minversion="5.2")
-    from django.conf import settings
+    configure_django()
     from django.db import connections
 
-    if not settings.configured:
-        settings.configure(DATABASES={}, USE_TZ=True, INSTALLED_APPS=[])
-        django.setup()
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     database = {
         "ENGINE": "django.db.backends.postgresql",
