@@ -7,12 +7,14 @@ carries nothing to the next request.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from auditdb.cli import cli
 from auditdb.integrations import acting
@@ -24,9 +26,13 @@ sqlalchemy = pytest.importorskip(
 )
 
 from sqlalchemy import String, create_engine, text  # noqa: E402
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session, sessionmaker  # noqa: E402  # noqa: E402
 
+import auditdb  # noqa: E402
+from auditdb.install import install  # noqa: E402
+from auditdb.integrations import active, clean_fields  # noqa: E402
 from auditdb.integrations.sqlalchemy import track_context  # noqa: E402
+from tests.fix_server import Server  # noqa: E402
 
 ORDERS = "create table public.orders (id serial primary key, item text not null); alter table public.orders owner to {}"
 ORDERS_TOML = '[tables."public.orders"]\nentity_type = "Order"\nname = "item"\n'
@@ -130,6 +136,7 @@ def test_flask_requests(flask_app: Any, conn: psycopg.Connection[Any]) -> None:
         client.post("/orders", data={"item": "flask anonymous"}, environ_base={"REMOTE_ADDR": "192.0.2.9"}).status_code
         == 200
     )
+    assert not active()  # nothing of the requests is left set in this thread
     (entry,) = _orders(conn, "flask order")
     assert (entry["actor_id"], str(entry["ip"]), entry["tenant_id"], entry["user_agent"]) == (
         "ann",
@@ -221,3 +228,181 @@ def test_asgi_requests(make_app: Any, engine: Any, conn: psycopg.Connection[Any]
     assert _orders(conn, f"{name} failed") == []
     (anonymous,) = _orders(conn, f"{name} anonymous")
     assert (anonymous["actor_id"], anonymous["tenant_id"], str(anonymous["ip"])) == (None, None, "192.0.2.10")
+
+
+# === Edge cases a review tried: each failed once, or held ==================================
+
+# --- what failed once ---------------------------------------------------------------------------
+
+
+def test_a_transaction_carried_from_one_actor_to_the_next_attributes_each(engine: Any, conn: Any) -> None:
+    """A worker loop with one Session: job 1 only reads (autobegin, context ann, no commit);
+    job 2's writes commit in that same transaction and are logged as ann's."""
+    session = Session(engine)
+    with acting(actor_id="ann"):
+        session.execute(text("select 1"))
+    with acting(actor_id="bob"):
+        session.add(Order(item="bob's job"))
+        session.commit()
+    session.close()
+    assert _orders(conn, "bob's job")[0]["actor_id"] == "bob"
+
+
+def test_a_transaction_begun_before_acting_is_attributed_from_then_on(engine: Any, conn: Any) -> None:
+    with engine.connect() as c:
+        c.execute(text("select 1"))  # autobegin outside any block
+        with acting(actor_id="carol"):
+            c.execute(text("insert into orders (item) values ('carol via connect')"))
+            c.commit()
+    assert _orders(conn, "carol via connect")[0]["actor_id"] == "carol"
+
+
+def test_a_flask_actor_loaded_through_the_tracked_engine(engine: Any, conn: Any) -> None:
+    """Flask-Login + Flask-SQLAlchemy, as the README suggests: current_user is loaded lazily by a
+    user_loader querying the same scoped session. The begin hook asks actor(), which loads the user,
+    which begins a transaction on the same session: re-entrancy, no guard (Django has _loading)."""
+    import flask
+
+    from auditdb.integrations.flask import AuditContext
+
+    db = scoped_session(sessionmaker(engine))
+    app = flask.Flask("review")
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    def current_user() -> str | None:  # flask_login.current_user, cached per request in g
+        if "_login_user" not in flask.g:
+            uid = flask.request.headers.get("X-Session-User")
+            flask.g._login_user = (
+                db.execute(text("select cast(:u as text)"), {"u": uid}).scalar() if uid else None
+            )  # user_loader: db.session.get(User, uid)
+        return flask.g._login_user
+
+    AuditContext(app, actor=lambda: {"actor_id": current_user()} if current_user() else None)
+
+    @app.post("/orders")
+    def create() -> Any:
+        db.add(Order(item=flask.request.form["item"]))
+        db.commit()
+        return {"ok": True}
+
+    @app.teardown_appcontext
+    def remove(exc: Any) -> None:
+        db.remove()
+
+    client = app.test_client()
+    response = client.post("/orders", data={"item": "flask-login user"}, headers={"X-Session-User": "ann"})
+    assert response.status_code == 200
+    assert _orders(conn, "flask-login user")[0]["actor_id"] == "ann"
+
+
+@pytest.fixture
+def utf8_dsn(pg_server: Server) -> Iterator[str]:
+    """A database in a UTF-8 locale (the usual production initdb), with auditdb installed."""
+    name = f"utf8_{os.getpid()}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("create database {} template template0 encoding 'UTF8' locale 'C.utf8'").format(
+                sql.Identifier(name)
+            )
+        )
+    try:
+        install(pg_server.dsn(name))
+        yield pg_server.dsn(name)
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"actor_id": "ann\x85"}, {"tenant_id": "t\x9b1"}, {"actor_email": "ann\x80@example.com"}],
+    ids=["actor_id-C1", "tenant_id-C1", "email-C1"],
+)
+def test_clean_fields_drops_what_a_utf8_database_refuses(utf8_dsn: str, fields: dict[str, str]) -> None:
+    cleaned = clean_fields(fields)
+    with psycopg.connect(utf8_dsn) as c, c.transaction():
+        auditdb.set_context(c, **cleaned)  # AuditDBError: ... contains control characters
+
+
+# --- what held ---------------------------------------------------------------------------------
+
+
+def test_sqlalchemy_variants(engine: Any, conn: Any) -> None:
+    with acting(actor_id="ann"), Session(engine) as s:
+        s.add(Order(item="autobegin"))
+        with s.begin_nested():
+            s.add(Order(item="nested kept"))
+        try:
+            with s.begin_nested():
+                s.add(Order(item="nested rolled back"))
+                s.flush()
+                raise ValueError
+        except ValueError:
+            pass
+        s.commit()
+    with acting(actor_id="bob"), engine.connect() as c:
+        c.execute(text("insert into orders (item) values ('cayg 1')"))
+        c.commit()
+        c.execute(text("insert into orders (item) values ('cayg 2')"))
+        c.commit()
+    assert [_orders(conn, i)[0]["actor_id"] for i in ("autobegin", "nested kept", "cayg 1", "cayg 2")] == [
+        "ann",
+        "ann",
+        "bob",
+        "bob",
+    ]
+    assert _orders(conn, "nested rolled back") == []
+
+
+def test_pre_ping_engine(app_dsn: str, conn: Any, engine: Any) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(app_dsn)
+    e = create_engine(
+        f"postgresql+psycopg://{info['user']}@{info['host']}:{info['port']}/{info['dbname']}", pool_pre_ping=True
+    )
+    track_context(e)
+    for who in ("ann", "bob"):
+        with acting(actor_id=who), e.begin() as c:
+            c.execute(text("insert into orders (item) values (:i)"), {"i": f"ping {who}"})
+    e.dispose()
+    assert [_orders(conn, f"ping {w}")[0]["actor_id"] for w in ("ann", "bob")] == ["ann", "bob"]
+
+
+def test_autocommit_isolation_is_refused_loudly(engine: Any) -> None:
+    with acting(actor_id="ann"), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        with pytest.raises(Exception, match="needs a transaction"):
+            c.execute(text("select 1"))
+
+
+def test_starlette_base_http_middleware_and_background_tasks(engine: Any, conn: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from auditdb.integrations.asgi import AuditContextMiddleware
+
+    def write(item: str) -> None:
+        with Session(engine) as s, s.begin():
+            s.add(Order(item=item))
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(write, "from background"))
+
+    async def passthrough(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    def actor(scope: Any) -> dict[str, str] | None:
+        user = dict(scope["headers"]).get(b"x-user")
+        return {"actor_id": user.decode()} if user else None
+
+    for outer_base in (True, False):
+        mws = [Middleware(AuditContextMiddleware, actor=actor), Middleware(BaseHTTPMiddleware, dispatch=passthrough)]
+        app = Starlette(routes=[Route("/", endpoint, methods=["POST"])], middleware=mws[::-1] if outer_base else mws)
+        with TestClient(app) as client:
+            assert client.post("/", headers={"X-User": f"u{outer_base}"}).status_code == 200
+            assert client.post("/").status_code == 200  # the next, anonymous, request
+    rows = _orders(conn, "from background")
+    assert [r["actor_id"] for r in rows] == ["uTrue", None, "uFalse", None]

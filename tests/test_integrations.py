@@ -23,6 +23,8 @@ TRUSTED = TrustedProxies(["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"])
         ("10.0.0.2", "203.0.113.5, not-an-address", "10.0.0.2"),  # garbage ends the walk at the last trusted hop
         ("192.0.2.1", " 2001:db8::9 , 2001:DB8::1 ", "2001:db8::9"),
         ("10.0.0.2", "", "10.0.0.2"),
+        ("::ffff:10.0.0.2", "203.0.113.5", "203.0.113.5"),  # a dual-stack listener's view of the proxy
+        ("fe80::1%eth0", None, "fe80::1"),
         (None, "203.0.113.5", None),
         ("bogus", None, None),
     ],
@@ -51,10 +53,17 @@ def test_clean_fields_drops_what_set_context_would_refuse() -> None:
         clean_fields({"user": "ann"})
 
 
-def test_request_id_takes_a_sane_header_or_makes_one() -> None:
-    assert request_id("abc-123_x.y") == "abc-123_x.y"
-    made = {request_id(None), request_id("has space"), request_id("x" * 200), request_id("é")}
-    assert len(made) == 4 and all(len(r) == 36 for r in made)
+def test_request_id_takes_a_sane_header_from_a_trusted_proxy_or_makes_one() -> None:
+    assert request_id("abc-123_x.y", "10.0.0.2", TRUSTED) == "abc-123_x.y"
+    made = {
+        request_id("abc-123_x.y", "198.51.100.1", TRUSTED),  # a client names no request id
+        request_id("abc-123_x.y"),
+        request_id(None, "10.0.0.2", TRUSTED),
+        request_id("has space", "10.0.0.2", TRUSTED),
+        request_id("x" * 200, "10.0.0.2", TRUSTED),
+        request_id("ok\n", "10.0.0.2", TRUSTED),
+    }
+    assert len(made) == 6 and all(len(r) == 36 for r in made)
 
 
 def test_acting_holds_for_its_block_only() -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "active",
     "clean_fields",
     "client_ip",
+    "computing",
     "current_fields",
     "request_id",
     "using",
@@ -43,9 +44,12 @@ _source: ContextVar[ContextSource | None] = ContextVar("auditdb_context_source",
 
 # What set_context refuses (sql/definitions/context.sql): a framework integration drops such a
 # value instead of failing the request it records.
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# (PostgreSQL's [[:cntrl:]] in a UTF-8 database includes U+0080-U+009F; Python's $ would match
+# before a trailing newline, so the whole text must match.)
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _IDS = ("actor_id", "tenant_id", "project_id", "request_id")
+_ACTOR = ("actor_id", "actor_email", "actor_name")
 
 
 def clean_fields(fields: Mapping[str, Any]) -> dict[str, str | None]:
@@ -65,13 +69,10 @@ def clean_fields(fields: Mapping[str, Any]) -> dict[str, str | None]:
         if text is not None:
             if name in _IDS and (len(text) > CONTEXT_BOUNDS[name] or _CONTROL.search(text)):
                 text = None
-            elif name == "actor_email" and (len(text) > CONTEXT_BOUNDS[name] or not _EMAIL.match(text)):
+            elif name == "actor_email" and (len(text) > CONTEXT_BOUNDS[name] or not _EMAIL.fullmatch(text)):
                 text = None
             elif name == "ip":
-                try:
-                    text = str(ipaddress.ip_address(text))
-                except ValueError:
-                    text = None
+                text = _address(text)
             elif name in ("actor_name", "user_agent"):
                 text = text[: CONTEXT_BOUNDS[name]]
         out[name] = text
@@ -83,10 +84,25 @@ def active() -> bool:
     return _source.get() is not None
 
 
+_computing: ContextVar[bool] = ContextVar("auditdb_context_computing", default=False)
+
+
+def computing() -> bool:
+    """Whether the context is being worked out right now (a source loading its user from the
+    database): the database hooks let such statements through untouched."""
+    return _computing.get()
+
+
 def current_fields() -> dict[str, str | None] | None:
     """The context fields of the request or block running now, or None outside any."""
     source = _source.get()
-    return None if source is None else clean_fields(source())
+    if source is None:
+        return None
+    token = _computing.set(True)
+    try:
+        return clean_fields(source())
+    finally:
+        _computing.reset(token)
 
 
 @contextmanager
@@ -104,13 +120,16 @@ def acting(**fields: Any) -> Iterator[None]:
     """Act as someone for the transactions begun inside the block (keys as for auditdb.context).
 
     Inside a request, the fields given replace the request's own and the rest stay (an endpoint
-    that authenticates its user itself keeps the request's address, user agent and id).
+    that authenticates its user itself keeps the request's address, user agent and id); naming
+    any actor field drops the request user's other actor fields.
     """
     clean_fields(fields)  # unknown keys fail here, not at the first transaction
     outer = _source.get()
+    # Another actor: none of the request's user's fields stay (one entry names one person).
+    replaced = dict.fromkeys(_ACTOR, None) if set(fields) & set(_ACTOR) else {}
 
     def merged() -> Mapping[str, Any]:
-        return {**(outer() if outer is not None else {}), **fields}
+        return {**(outer() if outer is not None else {}), **replaced, **fields}
 
     with using(merged):
         yield
@@ -123,11 +142,8 @@ class TrustedProxies:
         self.networks = [ipaddress.ip_network(p, strict=False) for p in proxies]
 
     def __contains__(self, address: object) -> bool:
-        try:
-            ip = ipaddress.ip_address(str(address).strip())
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
+        text = _address(str(address))
+        return text is not None and any(ipaddress.ip_address(text) in net for net in self.networks)
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: TrustedProxies) -> str | None:
@@ -152,19 +168,27 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: TrustedProxi
 
 
 def _address(text: str | None) -> str | None:
+    """An address as PostgreSQL's inet takes it: no IPv6 zone (fe80::1%eth0), IPv4 for ::ffff:a.b.c.d."""
     if not text:
         return None
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        ip = ipaddress.ip_address(text.strip().split("%", 1)[0])
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
-def request_id(header: str | None) -> str:
-    """The request id a proxy sent (X-Request-ID) when it looks like one, else a new UUID."""
-    if header and _REQUEST_ID.match(header):
+def request_id(header: str | None, peer: str | None = None, trusted: TrustedProxies | None = None) -> str:
+    """The request id a trusted proxy sent (X-Request-ID) when it looks like one, else a new UUID.
+
+    Like X-Forwarded-For, the header is believed only from a trusted proxy: a client must not give
+    its changes another request's id.
+    """
+    if header and _REQUEST_ID.fullmatch(header) and trusted is not None and peer is not None and peer in trusted:
         return header
     return str(uuid.uuid4())

@@ -67,6 +67,7 @@ class AuditContextMiddleware:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        rid = request_id(_header(scope, b"x-request-id"))
+        peer = scope.get("client")
+        rid = request_id(_header(scope, b"x-request-id"), peer[0] if peer else None, self.trusted)
         with using(lambda: self.fields(scope, rid)):
             await self.app(scope, receive, send)

@@ -11,6 +11,7 @@ settings.py:
     AUDITDB_TRUSTED_PROXIES = ["10.0.0.0/8"]          # whose X-Forwarded-For to believe (default none)
     AUDITDB_TENANT_RESOLVER = "myapp.tenancy.tenant_of"  # optional: request -> tenant id or None
     AUDITDB_EVENTS = True                             # LOGIN, LOGOUT, LOGIN_FAILED (default on)
+    AUDITDB_DATABASES = ["default"]                   # the aliases whose databases have auditdb
 
 For each request the middleware wraps the database connections' execution (Django's
 execute_wrapper). When one of the request's transactions begins, it sends
@@ -20,7 +21,8 @@ request id and tenant, so every change the transaction makes is attributed to th
 * inside atomic() (ATOMIC_REQUESTS or the view's own): once, before the transaction's first
   statement;
 * outside (Django's autocommit): a statement that may write is run inside a transaction of its
-  own with the context set first (a SELECT is sent as it is).
+  own with the context set first (a single SELECT is sent as it is: a function it calls that
+  writes is logged without the request's context unless called inside atomic()).
 
 The context lives only as long as the transaction, so a connection reused by the next request
 (CONN_MAX_AGE, a pooler) carries nothing over. The middleware never opens a request-wide
@@ -33,23 +35,25 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth import signals as auth_signals
-from django.db import connections, transaction
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router, transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 from psycopg import pq
 
 from auditdb.context import set_context
-from auditdb.events import EventSender, emit
+from auditdb.events import emit
 from auditdb.integrations import (
     TrustedProxies,
     active,
     clean_fields,
     client_ip,
+    computing,
     current_fields,
     request_id,
     using,
@@ -59,11 +63,12 @@ __all__ = ["AuditContextMiddleware", "request_fields"]
 
 log = logging.getLogger("auditdb.django")
 
-# Statements that cannot change a tracked table, sent as they are outside atomic().
+# Statements that cannot change a tracked table, sent as they are outside atomic() (a single one:
+# "select 1; insert …" is two).
 _READS = ("select", "show", "set ", "reset", "savepoint", "release", "rollback", "begin", "commit", "values")
-
-# While the request's user is being loaded (its own queries), do not set the context.
-_loading: ContextVar[bool] = ContextVar("auditdb_django_loading", default=False)
+# Statements after which the transaction's context may be undone (ROLLBACK TO SAVEPOINT undoes a
+# set_context made since the savepoint).
+_SAVEPOINTS = ("rollback", "release", "savepoint")
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -81,7 +86,7 @@ def request_fields(request: HttpRequest) -> dict[str, Any]:
         "ip": client_ip(
             request.META.get("REMOTE_ADDR"),
             request.META.get("HTTP_X_FORWARDED_FOR"),
-            _trusted(tuple(_setting("AUDITDB_TRUSTED_PROXIES", ()))),
+            _trusted(_proxies()),
         ),
         "user_agent": request.META.get("HTTP_USER_AGENT"),
         "request_id": getattr(request, "auditdb_request_id", None),
@@ -99,29 +104,16 @@ def request_fields(request: HttpRequest) -> dict[str, Any]:
     return fields
 
 
-class _RequestSource:
-    """The request's fields, read afresh at each transaction (a login changes the user)."""
-
-    def __init__(self, request: HttpRequest) -> None:
-        self.request = request
-
-    def __call__(self) -> Mapping[str, Any]:
-        token = _loading.set(True)
-        try:
-            return request_fields(self.request)
-        finally:
-            _loading.reset(token)
-
-
 def _may_write(sql: str) -> bool:
-    return not sql.lstrip(" \t\r\n(").lower().startswith(_READS)
+    text = sql.strip(" \t\r\n;")
+    return ";" in text or not text.lstrip("(").lower().startswith(_READS)
 
 
 def _inject(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """Django execute_wrapper: set the request's context when one of its transactions begins."""
     wrapper = context["connection"]
     raw = wrapper.connection
-    if _loading.get() or not active() or raw is None or wrapper.vendor != "postgresql":
+    if computing() or not active() or raw is None:
         return execute(sql, params, many, context)
     status = raw.info.transaction_status
     if status == pq.TransactionStatus.IDLE:
@@ -135,6 +127,11 @@ def _inject(execute: Callable[..., Any], sql: str, params: Any, many: bool, cont
                 return execute(sql, params, many, context)
     elif status != pq.TransactionStatus.INTRANS:
         return execute(sql, params, many, context)
+    if sql.lstrip().lower().startswith(_SAVEPOINTS):
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            wrapper.auditdb_context = None  # set it again before the next statement
     fields = current_fields() or {}
     if getattr(wrapper, "auditdb_context", None) != fields:
         # Without autocommit psycopg begins the transaction with this call.
@@ -155,20 +152,42 @@ class AuditContextMiddleware:
             _connect_auth_signals()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request.auditdb_request_id = request_id(request.META.get("HTTP_X_REQUEST_ID"))
-        with using(_RequestSource(request)), contextlib.ExitStack() as stack:
-            for alias in connections:
-                if connections[alias].vendor == "postgresql":
-                    stack.enter_context(connections[alias].execute_wrapper(_inject))
+        request.auditdb_request_id = request_id(
+            request.META.get("HTTP_X_REQUEST_ID"), request.META.get("REMOTE_ADDR"), _trusted(_proxies())
+        )
+        with using(lambda: request_fields(request)), contextlib.ExitStack() as stack:
+            for alias in _databases():
+                stack.enter_context(connections[alias].execute_wrapper(_inject))
             return self.get_response(request)
+
+
+def _proxies() -> tuple[str, ...]:
+    return tuple(_setting("AUDITDB_TRUSTED_PROXIES", ()))
+
+
+def _databases() -> list[str]:
+    """The aliases whose databases have auditdb (AUDITDB_DATABASES, default ["default"])."""
+    aliases = list(_setting("AUDITDB_DATABASES", ["default"]))
+    for alias in aliases:
+        if connections[alias].vendor != "postgresql":
+            raise ImproperlyConfigured(f"AUDITDB_DATABASES names {alias!r}, which is not a PostgreSQL database")
+    return aliases
 
 
 # --- auth events --------------------------------------------------------------------------------
 
 
+def _user_alias(user: Any) -> str:
+    """The database the user model is written to (where its LOGIN and LOGOUT go)."""
+    alias = getattr(getattr(user, "_state", None), "db", None) or router.db_for_write(get_user_model())
+    return str(alias or "default")
+
+
 def _emit_in_request(action: str, request: HttpRequest | None, user: Any) -> None:
     """LOGIN / LOGOUT on the request's own connection, in its transaction (a savepoint if open)."""
-    alias = getattr(getattr(user, "_state", None), "db", None) or "default"
+    alias = _user_alias(user)
+    if alias not in _databases():
+        return
     wrapper = connections[alias]
     fields = clean_fields(request_fields(request)) if request is not None else clean_fields({})
     if user is not None and getattr(user, "pk", None) is not None and fields["actor_id"] is None:
@@ -197,29 +216,34 @@ def _logged_out(sender: Any, request: HttpRequest | None = None, user: Any = Non
 def _login_failed(
     sender: Any, credentials: Mapping[str, Any] | None = None, request: Any = None, **kwargs: Any
 ) -> None:
-    """LOGIN_FAILED in a transaction of its own: it stays whatever becomes of the request."""
+    """LOGIN_FAILED in a transaction of its own: it stays whatever becomes of the request.
+
+    On a connection of its own, opened as Django opens the alias's (its OPTIONS, assume_role and
+    pool included). Only the name tried is kept from the credentials (never a password, PIN or key).
+    """
+    request = getattr(request, "_request", request)  # Django REST framework's Request
     fields = clean_fields(request_fields(request)) if isinstance(request, HttpRequest) else clean_fields({})
     fields.update(actor_id=None, actor_email=None, actor_name=None)
-    # Django has already replaced the password (and any key that looks secret) with stars.
-    tried = {k: str(v)[:256] for k, v in (credentials or {}).items() if "password" not in k.lower()}
-    wrapper = connections["default"]
-    params = wrapper.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    with EventSender(connect=lambda: _connect(params)) as sender:
-        sender.emit(
-            "LOGIN_FAILED",
-            context=fields,
-            entity_type="User",
-            entity_id=tried.get("username"),
-            metadata={"credentials": tried},
-        )
-
-
-def _connect(params: dict[str, Any]) -> Any:
-    import psycopg
-
-    return psycopg.connect(**params, autocommit=True)
+    names = {"username", "email", getattr(get_user_model(), "USERNAME_FIELD", "username")}
+    tried = {k: str(v)[:256] for k, v in (credentials or {}).items() if k in names}
+    alias = _user_alias(None)
+    if alias not in _databases():
+        return
+    own = connections.create_connection(alias)
+    try:
+        own.ensure_connection()
+        own.set_autocommit(True)
+        with own.connection.transaction():
+            set_context(own.connection, **fields)
+            emit(
+                own.connection,
+                "LOGIN_FAILED",
+                entity_type="User",
+                entity_id=next(iter(tried.values()), None),
+                metadata={"credentials": tried},
+            )
+    finally:
+        own.close()
 
 
 _connected = False

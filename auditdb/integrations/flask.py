@@ -60,7 +60,7 @@ class AuditContext:
         return out
 
     def _begin(self) -> None:
-        g.auditdb_request_id = request_id(request.headers.get("X-Request-ID"))
+        g.auditdb_request_id = request_id(request.headers.get("X-Request-ID"), request.remote_addr, self.trusted)
         stack = ExitStack()
         stack.enter_context(using(self.fields))
         g.auditdb_stack = stack

@@ -10,11 +10,15 @@
     with acting(actor_id="u42", ip="203.0.113.7"), Session(engine) as session, session.begin():
         session.add(Order(...))        # logged as u42
 
-The hook listens to the engine's `begin` event: when a transaction begins while a request or an
-`acting` block says who is acting (auditdb.integrations), it sends auditdb.set_context on the
-transaction's connection before anything else. Outside any, it sends nothing. The context ends
-with the transaction, so a pooled connection carries nothing to its next user. An engine in
-AUTOCOMMIT isolation has no transaction to hold a context: set_context refuses it.
+The hook checks the context before each statement: when the fields of the request or `acting`
+block running now (auditdb.integrations) differ from what the transaction holds, it sends
+auditdb.set_context first, on the statement's connection. So a transaction begun under one actor
+and carried on under another (a long-lived Session, a worker loop) attributes each change to
+whoever made it, and statements outside any block clear what an earlier block set. The context
+ends with the transaction, so a pooled connection carries nothing to its next user. Statements the
+context's own source runs (loading the user) go through untouched. An engine in AUTOCOMMIT
+isolation has no transaction to hold a context: set_context refuses it. AsyncEngine is not
+supported (its driver connection is not a psycopg Connection).
 """
 
 from __future__ import annotations
@@ -25,24 +29,44 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from auditdb.context import set_context
-from auditdb.integrations import current_fields
+from auditdb.errors import AuditDBError
+from auditdb.integrations import clean_fields, computing, current_fields
 
 __all__ = ["track_context"]
 
+# What the transaction holds, kept with the DBAPI connection; forgotten when a transaction begins
+# or ends and when a savepoint is rolled back (which undoes a set_context made since).
+_HELD = "auditdb_context"
 
-def _on_begin(conn: Connection) -> None:
-    fields = current_fields()
-    if fields is None:
+
+def _forget(conn: Connection, *args: Any) -> None:
+    conn.info.pop(_HELD, None)
+
+
+def _before(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    if computing():
         return
-    driver = conn.connection.driver_connection
-    set_context(driver, **fields)  # type: ignore[arg-type]
+    fields = current_fields()
+    held = conn.info.get(_HELD)
+    if fields is None and held is None:
+        return
+    wanted = fields if fields is not None else clean_fields({})
+    if wanted != held:
+        set_context(conn.connection.driver_connection, **wanted)  # type: ignore[arg-type]
+        conn.info[_HELD] = wanted
 
 
 def track_context(engine: Engine | Any) -> None:
-    """Set auditdb's context at each transaction's start on this engine (idempotent).
-
-    Takes an Engine or an AsyncEngine (its sync_engine is hooked).
-    """
-    target = getattr(engine, "sync_engine", engine)
-    if not event.contains(target, "begin", _on_begin):
-        event.listen(target, "begin", _on_begin)
+    """Keep auditdb's context right for every statement on this engine (idempotent)."""
+    if hasattr(engine, "sync_engine"):
+        raise AuditDBError("track_context takes a synchronous Engine: AsyncEngine is not supported yet")
+    hooks = (
+        ("begin", _forget),
+        ("commit", _forget),
+        ("rollback", _forget),
+        ("rollback_savepoint", _forget),
+        ("before_cursor_execute", _before),
+    )
+    for name, hook in hooks:
+        if not event.contains(engine, name, hook):
+            event.listen(engine, name, hook)
