@@ -154,12 +154,15 @@ def partitions_ensure(ctx: click.Context, months_ahead: int) -> None:
         else:
             click.echo(f"partitions exist for this month and {months_ahead} ahead; nothing to do")
         due = partitions.unindexed_months(conn)
-        for done, month in enumerate(due, 1):
-            click.echo(f"indexing auditdb.{month} for --search ({done} of {len(due)})…", err=True)
-            if partitions.index_closed_month(conn) is None:
-                click.echo(f"auditdb.{month} is busy (late entries being written); the worker retries hourly", err=True)
+        for done in range(1, len(due) + 1):
+            click.echo(f"indexing a closed month for --search ({done} of {len(due)})…", err=True)
+            built = partitions.index_closed_month(conn)
+            if built is None:
                 break
-            click.echo(f"indexed auditdb.{month} for --search")
+            click.echo(f"indexed auditdb.{built.removesuffix('_search')} for --search")
+        busy = partitions.unindexed_months(conn)
+        if busy:
+            click.echo(f"{', '.join(busy)} busy (late entries being written); the worker tries again hourly", err=True)
 
 
 @partitions_group.command(name="prune")

@@ -284,9 +284,9 @@ def fetch(
     """
     if filters.search:
         query = sql.SQL(
-            "select {cols} from auditdb.search_log(%s, %s, %s) l order by l.occurred_at desc, l.id desc"
+            "select {cols} from auditdb.search_log(%s, %s, %s) l order by l.occurred_at desc, l.id desc limit %s"
         ).format(cols=_select_list())
-        params: list[Any] = [Jsonb(filters.describe()), before_id, limit]
+        params: list[Any] = [Jsonb(filters.describe()), before_id, limit, limit]
     else:
         where, params = where_clause(filters, before_id)
         query = sql.SQL(

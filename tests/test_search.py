@@ -160,10 +160,8 @@ def test_search_reads_the_index_of_a_closed_month(conn: psycopg.Connection[Any],
         )
     _index_all(conn)
     index = f"{months[0]}_search"
-    query = sql.SQL(
-        "explain select * from auditdb.{} l where auditdb.search_keys(l.tenant_id, l.entity_name, l.entity_id, "
-        "l.actor_email) @> auditdb.search_text_keys('t1', 'invoice')"
-    ).format(sql.Identifier(months[0]))
+    condition = scalar(conn, "select auditdb.search_text_condition('t1', 'invoice')")
+    query = sql.SQL("explain select * from auditdb.{} l where {}").format(sql.Identifier(months[0]), sql.SQL(condition))
     plan = "\n".join(r[0] for r in conn.execute(query))
     assert index in plan
     # search_log's own reads: the index is scanned when a search runs (statistics of this backend).
@@ -190,6 +188,11 @@ def test_a_late_entry_of_a_closed_month_is_found(conn: psycopg.Connection[Any], 
     with conn.transaction():  # capture may write late entries too (a transaction open across midnight)
         conn.execute("set local role auditdb_capture")
         assert scalar(conn, "select cardinality(auditdb.search_keys('t1', 'abcd', null, null))") == 2
+        # A long column: its first 200 characters give keys, and the tenant's overflow key stands for the rest.
+        assert (
+            scalar(conn, "select cardinality(auditdb.search_keys(repeat('t', 100000), repeat('x', 5000), null, null))")
+            == 199
+        )
     found = fetch(conn, Filters(search="quarterly rep", tenant="t2"))
     assert [r["entity_name"] for r in found] == ["Quarterly Report"]
 
@@ -261,3 +264,115 @@ def test_the_cli_search_pages_through_the_index(dsn: str, conn: psycopg.Connecti
     assert ids == want[:2]
     following = CliRunner().invoke(cli, [*base, "--before-id", str(ids[-1])])
     assert [e["id"] for e in json.loads(following.stdout)] == want[2:4]
+
+
+# --- what a review found (each was a failure before it was fixed) -----------------------------------
+
+
+def _owner_insert(conn: psycopg.Connection[Any], query: str, params: Any = None) -> None:
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(query, params)
+
+
+def test_entries_of_the_default_partition_keep_the_page_to_its_size(
+    conn: psycopg.Connection[Any], months: list[str], dsn: str
+) -> None:
+    _index_all(conn)
+    _owner_insert(  # entries of a time no month covers land in log_default
+        conn,
+        """insert into auditdb.log (occurred_at, action, entity_type, entity_name, tenant_id)
+           values ('2001-01-01', 'LOGIN', 'Thing', 'Invoice ancient', 't1'),
+                  ('2001-01-02', 'LOGIN', 'Thing', 'Invoice ancient 2', 't1')""",
+    )
+    f = Filters(search="invoice", tenant="t1")
+    want = _plain(conn, f, 1000)
+    pages, before = [], None
+    while page := [r["id"] for r in fetch(conn, f, limit=2, before_id=before)]:
+        assert len(page) <= 2
+        pages += page
+        before = page[-1]
+    assert pages == want
+    assert scalar(conn, 'select count(*) from auditdb.search_log(\'{"search": "invoice"}\', null, 1)') == 1
+
+
+def test_a_tenant_outside_the_readers_is_never_looked_up(
+    conn: psycopg.Connection[Any], months: list[str], dbname: str, pg_server: Server, make_role: MakeRole
+) -> None:
+    name, lo, _ = _month(conn, 1)
+    _owner_insert(
+        conn,
+        """insert into auditdb.log (occurred_at, action, entity_type, entity_name, tenant_id)
+           select %s::timestamptz + make_interval(hours => g), 'UPDATE', 'Deal', 'Project Bluebird merger', 't2'
+             from generate_series(1, 7) g""",
+        (lo,),
+    )
+    _index_all(conn)
+    viewer = make_role()
+    granted = CliRunner().invoke(cli, ["--dsn", pg_server.dsn(dbname), "grant", viewer, "--viewer", "--tenant", "t1"])
+    assert granted.exit_code == 0
+    count = (
+        "select coalesce(sum(idx_tup_fetch), 0) + coalesce(sum(seq_tup_read), 0) from pg_stat_xact_user_tables "
+        "where schemaname = 'auditdb' and relname = %s"
+    )
+    with psycopg.connect(pg_server.dsn(dbname, user=viewer), autocommit=True) as c, c.transaction():
+        before = int(scalar(c, count, (name,)))
+        assert (
+            c.execute('select id from auditdb.search_log(\'{"tenant": "t2", "search": "bluebird"}\')').fetchall() == []
+        )
+        assert int(scalar(c, count, (name,))) == before  # t2's entries were not even read
+
+
+def test_long_values_from_the_application_keep_the_index_small(
+    conn: psycopg.Connection[Any], months: list[str]
+) -> None:
+    _, lo, _ = _month(conn, 1)
+    tenant, long_name = "x" * 10_000, "abcdefghij" * 600 + " needle at the end"
+    _owner_insert(
+        conn,
+        "insert into auditdb.log (occurred_at, action, entity_type, entity_name, tenant_id) "
+        "values (%s::timestamptz + interval '1 day', 'CREATE', 'Item', %s, %s)",
+        (lo, long_name, tenant),
+    )
+    assert len(_index_all(conn)) == 2
+    # Past the first 200 characters the overflow key stands in, and ILIKE decides.
+    found = fetch(conn, Filters(search="needle at the end", tenant=tenant))
+    assert [r["entity_name"] for r in found] == [long_name]
+
+
+def test_a_busy_month_does_not_hold_back_the_others(
+    conn: psycopg.Connection[Any], months: list[str], dsn: str, pg_server: Server, dbname: str
+) -> None:
+    _, lo, _ = _month(conn, 1)
+    with psycopg.connect(pg_server.dsn(dbname)) as holder:  # a late entry of the newer month, not committed
+        holder.execute("set role auditdb_owner")
+        holder.execute("insert into auditdb.log (occurred_at, action, entity_type) values (%s, 'LOGIN', 'X')", (lo,))
+        result = CliRunner().invoke(cli, ["--dsn", dsn, "partitions", "ensure"])
+        assert f"indexed auditdb.{months[0]} for --search" in result.output
+        assert f"{months[1]} busy" in result.output
+        holder.rollback()
+    assert index_closed_month(conn) == f"{months[1]}_search"
+
+
+def test_the_filters_limit_counts_what_they_say_not_how_they_compress(
+    conn: psycopg.Connection[Any], months: list[str]
+) -> None:
+    conn.execute("create temp table f as select jsonb_build_object('search', repeat('abcdefgh', 125000)) as f")
+    assert scalar(conn, "select pg_column_size(f) from f") < 16384
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+        conn.execute("select count(*) from f, auditdb.search_log(f.f)")
+
+
+def test_an_index_of_another_version_of_the_keys_is_not_used_and_is_rebuilt(
+    conn: psycopg.Connection[Any], months: list[str]
+) -> None:
+    _index_all(conn)
+    conn.execute(
+        sql.SQL("comment on index auditdb.{} is 'auditdb search keys 1'").format(sql.Identifier(f"{months[0]}_search"))
+    )
+    assert unindexed_months(conn) == [months[0]]
+    assert _searched(conn, Filters(search="invoice", tenant="t1"), 100) == _plain(
+        conn, Filters(search="invoice", tenant="t1"), 100
+    )
+    assert index_closed_month(conn) == f"{months[0]}_search"
+    assert unindexed_months(conn) == []

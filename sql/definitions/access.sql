@@ -180,8 +180,8 @@ begin
     if export_format is null or export_format not in ('csv', 'jsonl') then
         raise exception 'auditdb.log_export: format must be csv or jsonl' using errcode = 'invalid_parameter_value';
     end if;
-    if pg_column_size(filters) > 16384 then
-        raise exception 'auditdb.log_export: filters are % bytes, at most 16 kB are allowed', pg_column_size(filters)
+    if octet_length(filters::text) > 16384 then
+        raise exception 'auditdb.log_export: filters are % bytes, at most 16 kB are allowed', octet_length(filters::text)
             using errcode = 'program_limit_exceeded';
     end if;
     if actor_email is not null and (actor_email !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]+$'

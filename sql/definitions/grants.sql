@@ -53,14 +53,14 @@ grant execute on function auditdb.set_context(text, text, text, text, text, text
 grant execute on function auditdb.reader_tenants(), auditdb.reader_sees_all(),
                           auditdb.log_export(jsonb, text, text, text, boolean, bigint),
                           auditdb.filter_sql(jsonb),
-                          auditdb.search_log(jsonb, bigint, integer)
+                          auditdb.search_log(jsonb, bigint, integer), auditdb.search_log_months(jsonb, bigint, integer)
     to auditdb_admin, auditdb_viewer;
 -- Index expressions run as whoever inserts: capture writes late entries into a closed month.
 grant execute on function auditdb.search_keys(text, text, text, text) to auditdb_capture;
 grant execute on function auditdb.type_kind(oid), auditdb.scalar_base_type(oid), auditdb.exact_equality(oid, oid)
     to auditdb_admin;
 grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(), auditdb.month_start(integer),
-                          auditdb.index_closed_month(), auditdb.closed_months(),
+                          auditdb.index_closed_month(), auditdb.closed_months(), auditdb.search_keys_version(),
                           auditdb.record_archive(text, bigint, text, text),
                           auditdb.prune_partitions(integer, boolean),
                           auditdb.process_events(integer),

@@ -14,8 +14,12 @@
 -- reader's scope itself, as auditdb.log_export counts.
 set local role auditdb_owner;
 
--- The search keys of one entry. Never change what it returns for a given input without rebuilding
--- every <month>_search index: they hold what it returned when each entry was indexed.
+-- The search keys of one entry: each three-character run of the first 200 characters of each
+-- column, lowercased, prefixed with a digest of the tenant (16 hex digits: an entry's keys stay
+-- small whatever the tenant id); an entry with a longer column also gets the tenant's overflow key
+-- (prefix '*'), which every search of the tenant looks up too, so ILIKE decides on it. Never change
+-- what it returns without changing SEARCH_KEYS_VERSION below: each <month>_search index holds what
+-- it returned when the index was built, and is used only while its version is the current one.
 create or replace function auditdb.search_keys(tenant_id text, entity_name text, entity_id text, actor_email text)
 returns text[]
 language sql
@@ -23,25 +27,44 @@ immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-    select array(select coalesce(tenant_id, '') || ':' || substr(v, i, 3)
-                   from unnest(array[lower(entity_name), lower(entity_id), lower(actor_email)]) v,
+    select array(select t.prefix || substr(v, i, 3)
+                   from unnest(array[lower(left(entity_name, 200)), lower(left(entity_id, 200)),
+                                     lower(left(actor_email, 200))]) v,
                         generate_series(1, length(v) - 2) i)
+        || case when greatest(length(entity_name), length(entity_id), length(actor_email)) > 200
+                then array['*' || t.prefix] else '{}'::text[] end
+      from (select left(md5(coalesce(tenant_id, '')), 16) as prefix) t
 $$;
 
 comment on function auditdb.search_keys(text, text, text, text) is 'auditdb: the search keys of an entry (its closed month''s search index)';
 
--- The keys every entry of the tenant containing the text has; empty when the text is shorter than
--- three characters (the index cannot narrow it). tenant_id null: entries without a tenant.
-create or replace function auditdb.search_text_keys(tenant_id text, search text) returns text[]
+-- The version of auditdb.search_keys a <month>_search index was built with (its comment).
+create or replace function auditdb.search_keys_version() returns text
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$ select 'auditdb search keys 2' $$;
+
+comment on function auditdb.search_keys_version() is 'auditdb: what a current search index''s comment says';
+
+-- What an entry of the tenant containing the text matches: every key of the text, or the
+-- tenant's overflow key; null when the text is shorter than three characters (the index cannot
+-- narrow it). tenant_id null: entries without a tenant.
+create or replace function auditdb.search_text_condition(tenant_id text, search text) returns text
 language sql
 immutable
 set search_path = pg_catalog, pg_temp
 as $$
-    select array(select distinct coalesce(tenant_id, '') || ':' || substr(lower(search), i, 3)
-                   from generate_series(1, length(lower(search)) - 2) i)
+    select case when length(lower(search)) >= 3 then
+        format('(auditdb.search_keys(l.tenant_id, l.entity_name, l.entity_id, l.actor_email) @> %L::text[] '
+               'or auditdb.search_keys(l.tenant_id, l.entity_name, l.entity_id, l.actor_email) @> %L::text[])',
+               array(select distinct left(md5(coalesce(tenant_id, '')), 16) || substr(lower(search), i, 3)
+                       from generate_series(1, length(lower(search)) - 2) i),
+               array['*' || left(md5(coalesce(tenant_id, '')), 16)])
+    end
 $$;
 
-comment on function auditdb.search_text_keys(text, text) is 'auditdb: the search keys a text needs';
+comment on function auditdb.search_text_condition(text, text) is 'auditdb: the search index condition for a tenant and a text';
 
 -- The closed months (log_YYYY_MM ended before this month began) and whether each has its index.
 create or replace function auditdb.closed_months()
@@ -50,7 +73,9 @@ language sql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select c.relname::text, to_regclass(format('auditdb.%I', c.relname || '_search')) is not null
+    select c.relname::text,
+           coalesce(obj_description(to_regclass(format('auditdb.%I', c.relname || '_search')), 'pg_class')
+                    = auditdb.search_keys_version(), false)
       from pg_inherits i
       join pg_class c on c.oid = i.inhrelid
      where i.inhparent = 'auditdb.log'::regclass
@@ -62,10 +87,10 @@ $$;
 
 comment on function auditdb.closed_months() is 'auditdb: the months that have closed, newest first, and which have their search index';
 
--- Give the newest closed month that has none its search index (<month>_search); returns its name,
--- or null when every closed month has one or the month is busy (another build, or a transaction
--- writing late entries into it: it is tried again next time). One month per call and per
--- transaction: a build holds off late entries of that month only, for seconds.
+-- Give the newest closed month that has none (or one of another version of the keys) its search
+-- index (<month>_search); returns its name, or null when none is due. A month that is busy
+-- (another build, or a transaction writing late entries into it) is passed over until next time.
+-- One month per call and per transaction: a build holds off late entries of that month only.
 -- definer: indexes one of auditdb's own partitions, chosen from the catalog; no argument.
 create or replace function auditdb.index_closed_month() returns text
 language plpgsql
@@ -78,43 +103,43 @@ declare
     began boolean := false;
 begin
     perform auditdb.require_admin_here('auditdb.index_closed_month');
-    select m.partition_name into month from auditdb.closed_months() m where not m.indexed limit 1;
-    if month is null then
-        return null;
-    end if;
-    begin
-        -- Self-conflicting, so two builders never race; no other role may lock the log.
-        execute format('lock table auditdb.%I in share row exclusive mode', month);
-    exception when lock_not_available then
-        return null;
-    end;
-    if to_regclass(format('auditdb.%I', month || '_search')) is not null then
-        return null;  -- built by the builder this one waited for
-    end if;
-    if not auditdb.in_maintenance() then
-        perform auditdb.begin_maintenance();
-        began := true;
-    end if;
-    execute format('create index %I on auditdb.%I using gin '
-                   '(auditdb.search_keys(tenant_id, entity_name, entity_id, actor_email))', month || '_search', month);
-    -- Statistics of the new expression, so the planner weighs the index.
-    execute format('analyze auditdb.%I', month);
-    if began then
-        perform auditdb.end_maintenance();
-    end if;
-    return month || '_search';
+    for month in select m.partition_name from auditdb.closed_months() m where not m.indexed loop
+        begin
+            -- Self-conflicting, so two builders never race; no other role may lock the log.
+            execute format('lock table auditdb.%I in share row exclusive mode', month);
+        exception when lock_not_available then
+            continue;  -- busy: the next one, and this one next time
+        end;
+        if exists (select from auditdb.closed_months() m where m.partition_name = month and m.indexed) then
+            continue;  -- built by the builder this one waited for
+        end if;
+        if not auditdb.in_maintenance() then
+            perform auditdb.begin_maintenance();
+            began := true;
+        end if;
+        -- One built with another version of the keys is rebuilt.
+        execute format('drop index if exists auditdb.%I', month || '_search');
+        execute format('create index %I on auditdb.%I using gin '
+                       '(auditdb.search_keys(tenant_id, entity_name, entity_id, actor_email))', month || '_search', month);
+        execute format('comment on index auditdb.%I is %L', month || '_search', auditdb.search_keys_version());
+        -- Statistics of the new expression, so the planner weighs the index.
+        execute format('analyze auditdb.%I', month);
+        if began then
+            perform auditdb.end_maintenance();
+        end if;
+        return month || '_search';
+    end loop;
+    return null;
 end
 $$;
 
 comment on function auditdb.index_closed_month() is 'auditdb: build one closed month''s search index';
 
--- Up to max_rows entries matching the filters (as auditdb.filter_sql reads them, with 'search'),
--- older than entry before_id when given, newest first: what row-level security would show the
--- login, found through the closed months' search indexes. Months are read newest first and the
--- search stops once it has max_rows (the default partition is always read: its entries may be of
--- any time).
+-- The candidates of auditdb.search_log: every match of each month read, newest month first,
+-- until the months read gave max_rows (the default partition is always read: its entries may be of
+-- any time), so they include the newest max_rows matches; auditdb.search_log keeps those.
 -- definer: reads auditdb.log within the session user's read scope (as auditdb.log_export), by quoted filters.
-create or replace function auditdb.search_log(filters jsonb, before_id bigint default null, max_rows integer default 50)
+create or replace function auditdb.search_log_months(filters jsonb, before_id bigint, max_rows integer)
 returns setof auditdb.log
 language plpgsql
 stable
@@ -131,6 +156,7 @@ declare
     search text := filters->>'search';
     scope text;
     clause text;
+    clause_indexed text;
     bound text := '';
     older_at timestamptz;
     part record;
@@ -142,11 +168,17 @@ begin
     if max_rows is null or max_rows < 1 or max_rows > 100000 then
         raise exception 'auditdb.search_log: max_rows must be between 1 and 100000' using errcode = 'invalid_parameter_value';
     end if;
-    if pg_column_size(filters) > 16384 then
-        raise exception 'auditdb.search_log: filters are % bytes, at most 16 kB are allowed', pg_column_size(filters)
+    if octet_length(filters::text) > 16384 then
+        raise exception 'auditdb.search_log: filters are % bytes, at most 16 kB are allowed', octet_length(filters::text)
             using errcode = 'program_limit_exceeded';
     end if;
     clause := auditdb.filter_sql(filters);
+    -- In a month read through its search index, the tenant conditions are checked on the rows the
+    -- index finds (its keys are the tenant's already), written so that the planner does not also
+    -- read the tenant index for them.
+    clause_indexed := auditdb.filter_sql(filters - 'tenant')
+                      || case when filters->>'tenant' is null then ''
+                              else format(' and (l.tenant_id = %L) is true', filters->>'tenant') end;
     if not sees_all then
         tenants := auditdb.reader_tenants();
         if cardinality(tenants) = 0 then
@@ -168,6 +200,9 @@ begin
     -- Whose keys to look up: the tenant asked for, else the reader's, else (an admin who sees all)
     -- each tenant the month holds (found by its tenant index) and entries without one.
     if filters->>'tenant' is not null then
+        if not sees_all and not (filters->>'tenant' = any(tenants)) then
+            return;  -- a tenant outside the reader's: nothing to look up, not even its keys
+        end if;
         key_tenants := array[filters->>'tenant'];
     elsif not sees_all then
         key_tenants := tenants;
@@ -204,8 +239,7 @@ begin
                 end if;
             end if;
             if key_tenants is not null then
-                select '(' || string_agg(format('auditdb.search_keys(l.tenant_id, l.entity_name, l.entity_id, l.actor_email) @> %L::text[]',
-                                                auditdb.search_text_keys(k, search)), ' or ') || ')'
+                select '(' || string_agg(auditdb.search_text_condition(k, search), ' or ') || ')'
                   into keys
                   from unnest(key_tenants) k;
             end if;
@@ -213,9 +247,15 @@ begin
                 key_tenants := null;  -- each month has its own tenants
             end if;
         end if;
-        return query execute format('select * from auditdb.%I l where %s and %s and (%s)%s '
-                                    'order by l.occurred_at desc, l.id desc limit %s',
-                                    part.name, keys, scope, clause, bound, wanted);
+        if keys = 'true' then
+            return query execute format('select * from auditdb.%I l where %s and (%s)%s '
+                                        'order by l.occurred_at desc, l.id desc limit %s',
+                                        part.name, scope, clause, bound, wanted);
+        else
+            return query execute format('select * from auditdb.%I l where %s and (%s) is true and (%s)%s '
+                                        'order by l.occurred_at desc, l.id desc limit %s',
+                                        part.name, keys, scope, clause_indexed, bound, wanted);
+        end if;
         get diagnostics got = row_count;
         -- Months are disjoint and read newest first: once they gave max_rows, older ones cannot
         -- hold any of the newest max_rows.
@@ -224,6 +264,26 @@ begin
             exit when wanted <= 0;
         end if;
     end loop;
+end
+$$;
+
+comment on function auditdb.search_log_months(jsonb, bigint, integer) is 'auditdb: candidates of auditdb.search_log';
+
+-- Up to max_rows entries matching the filters (as auditdb.filter_sql reads them, with 'search'),
+-- older than entry before_id when given, newest first: what row-level security would show the
+-- login, found through the closed months' search indexes.
+create or replace function auditdb.search_log(filters jsonb, before_id bigint default null, max_rows integer default 50)
+returns setof auditdb.log
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if max_rows is null or max_rows < 1 or max_rows > 100000 then
+        raise exception 'auditdb.search_log: max_rows must be between 1 and 100000' using errcode = 'invalid_parameter_value';
+    end if;
+    return query select * from auditdb.search_log_months(filters, before_id, max_rows) l
+                  order by l.occurred_at desc, l.id desc limit max_rows;
 end
 $$;
 

@@ -69,6 +69,7 @@ select 'index', case when r.relispartition then r.shown || '.(index)' else r.sho
                                       pg_catalog.replace(pg_catalog.pg_get_indexdef(i.indexrelid), r.relname, r.shown),
                                       '^CREATE (UNIQUE )?INDEX \S+ ON ', 'CREATE \1INDEX ON ') as def) x
  -- A closed month's search index (auditdb.index_closed_month): a fresh install has no closed month.
+-- (One of another version of the keys is rebuilt by the upkeep, and unused until then.)
  where not (r.shown = 'log_<month>' and ic.relname::text = r.relname || '_search' and i.indisvalid
             and x.def = 'CREATE INDEX ON auditdb.log_<month> USING gin (auditdb.search_keys(tenant_id, entity_name, entity_id, actor_email))')
 union
