@@ -16,6 +16,7 @@ from auditdb import db, partitions
 from auditdb.cli_access import COMMANDS as ACCESS_COMMANDS
 from auditdb.cli_common import CONFIG_HELP, DEBUG_HELP, DSN_HELP, Group
 from auditdb.cli_common import connection as _connection
+from auditdb.cli_proof import COMMANDS as PROOF_COMMANDS
 from auditdb.cli_read import COMMANDS as READING_COMMANDS
 from auditdb.install import install as run_install
 from auditdb.install import install_sql, uninstall
@@ -375,6 +376,6 @@ def main() -> None:
         sys.exit(1)
 
 
-# The reading and the access commands live in modules of their own.
-for _command in (*READING_COMMANDS, *ACCESS_COMMANDS):
+# The reading, access and proof commands live in modules of their own.
+for _command in (*READING_COMMANDS, *ACCESS_COMMANDS, *PROOF_COMMANDS):
     cli.add_command(_command)

@@ -38,6 +38,46 @@ def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     return None if row is None else row[0]
 
 
+# Entries written this long ago and not sealed yet make the seal check warn.
+SEAL_LAG_WARN_SECONDS = 120
+
+
+def _seal_check(conn: psycopg.Connection[Any]) -> Check:
+    """How far sealing has come, and, when it lags, the transactions holding it back."""
+    row = conn.execute("select seal_id, upto_id, age_seconds, newest_id from auditdb.seal_status()").fetchone()
+    seal_id, upto, age, newest = row if row else (None, None, None, 0)
+    if not newest or (upto is not None and newest <= upto):
+        return Check("seals", "ok", f"every entry sealed (seal {seal_id})" if seal_id else "nothing to seal yet")
+    waiting = newest - (upto or 0)
+    if seal_id is not None and age is not None and age < SEAL_LAG_WARN_SECONDS:
+        return Check("seals", "ok", f"sealed up to entry {upto} (seal {seal_id}, {age} s ago); {waiting} id(s) since")
+    holders = [
+        f"pid {pid} ({state or 'unknown state'} since {since:%Y-%m-%d %H:%M:%S}, {app or 'no application name'})"
+        for pid, state, since, app in conn.execute(
+            """select a.pid, a.state, a.xact_start, a.application_name
+                 from auditdb.seal_status() st, pg_catalog.pg_locks k
+                 join pg_catalog.pg_stat_activity a on a.pid = k.pid
+                where k.locktype = 'virtualxid' and k.virtualxid = any(st.waiting_for) and a.xact_start is not null
+                order by a.xact_start limit 5"""
+        )
+    ]
+    holders += [
+        f"prepared transaction {gid!r} (since {prepared:%Y-%m-%d %H:%M:%S})"
+        for gid, prepared in conn.execute(
+            # Any prepared transaction holds sealing back until it is committed or rolled back.
+            "select p.gid, p.prepared from pg_catalog.pg_prepared_xacts p order by p.prepared limit 5"
+        )
+    ]
+    where = f"sealed up to entry {upto} (seal {seal_id}, {age} s ago)" if seal_id else "no seal yet"
+    if holders:
+        return Check("seals", "warn", f"{where}; held back by {'; '.join(holders)}")
+    return Check(
+        "seals",
+        "warn",
+        f"{where}; {waiting} id(s) since: start `auditdb worker` (it seals every few seconds) or run `auditdb seal`",
+    )
+
+
 def run_checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]:
     """Every check, in the order a person would look; stops early only when nothing else can run."""
     # A check never waits long behind someone else's lock (an application holding one of its
@@ -213,6 +253,8 @@ def _checks(conn: psycopg.Connection[Any], config: Config | None) -> list[Check]
             else "this month and the next 2 exist",
         )
     )
+
+    checks.append(_seal_check(conn))
 
     unindexed = unindexed_months(conn)
     checks.append(

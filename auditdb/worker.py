@@ -23,6 +23,10 @@ log = logging.getLogger("auditdb.worker")
 
 CHANNEL = "auditdb_events"
 PARTITION_UPKEEP_SECONDS = 3600.0
+# How often the worker seals (auditdb.seal): an entry is sealed within about two of these once
+# every transaction that was running when it was written has ended.
+SEAL_SECONDS = 5.0
+SEAL_BATCH = 100_000
 # A busy worker loops hundreds of times a second; its heartbeat (one committed write) need not.
 BEAT_SECONDS = 1.0
 # While events keep coming, the worker looks again this soon instead of sleeping: awake, it does
@@ -51,6 +55,8 @@ class Worker:
     _started: datetime = field(default_factory=lambda: datetime.now(UTC))
     _last_upkeep: float = 0.0
     _last_beat: float = 0.0
+    _last_seal: float = 0.0
+    _sealing: bool = True
 
     def stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Ask the worker to finish the batch in hand and return (the SIGTERM/SIGINT handler)."""
@@ -109,6 +115,7 @@ class Worker:
         while not self._stop:
             self._upkeep(conn)
             found = self._drain(conn)
+            self._seal(conn, force=once)
             self._beat(conn, force=once)
             if once:
                 return True
@@ -200,6 +207,25 @@ class Worker:
                 log.info("built search index auditdb.%s", row[0])
         except psycopg.Error as e:
             log.error("partition upkeep failed: %s", describe_error(e))
+
+    def _seal(self, conn: psycopg.Connection[Any], *, force: bool = False) -> None:
+        """Seal what can be sealed (auditdb.seal), every SEAL_SECONDS; never stops the worker."""
+        now = time.monotonic()
+        if not self._sealing or (not force and self._last_seal and now - self._last_seal < SEAL_SECONDS):
+            return
+        self._last_seal = now
+        try:
+            while True:
+                with conn.transaction():
+                    row = conn.execute("select auditdb.seal(%s)", (SEAL_BATCH,)).fetchone()
+                if not row or row[0] < SEAL_BATCH:
+                    break
+                log.info("sealed %s entries", row[0])
+        except psycopg.errors.InsufficientPrivilege as e:
+            self._sealing = False
+            log.error("not sealing: %s (the worker seals as an admin: `auditdb grant ROLE --admin`)", describe_error(e))
+        except psycopg.Error as e:
+            log.error("sealing failed: %s", describe_error(e))
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -28,7 +28,7 @@ alter default privileges for role auditdb_capture revoke execute on functions fr
 
 revoke all on all tables in schema auditdb from public;
 grant usage on schema auditdb to auditdb_admin, auditdb_viewer, auditdb_writer;
-grant select on auditdb.log, auditdb.partition_archive, auditdb.tracked_tables, auditdb.event_queue,
+grant select on auditdb.log, auditdb.partition_archive, auditdb.tracked_tables, auditdb.event_queue, auditdb.seal,
                 auditdb.worker_heartbeat, auditdb.tenant_roles, auditdb.tenant_from_context_roles,
                 auditdb.event_dead_letter, auditdb.admin_roles to auditdb_admin;
 grant select on auditdb.log to auditdb_viewer;
@@ -60,7 +60,7 @@ grant execute on function auditdb.search_keys(text, text, text, text) to auditdb
 grant execute on function auditdb.type_kind(oid), auditdb.scalar_base_type(oid), auditdb.exact_equality(oid, oid)
     to auditdb_admin;
 grant execute on function auditdb.ensure_partitions(integer), auditdb.partitions(), auditdb.month_start(integer),
-                          auditdb.index_closed_month(), auditdb.closed_months(), auditdb.search_keys_version(),
+                          auditdb.index_closed_month(), auditdb.closed_months(), auditdb.search_keys_version(), auditdb.seal(integer), auditdb.seal_status(),
                           auditdb.record_archive(text, bigint, text, text),
                           auditdb.prune_partitions(integer, boolean),
                           auditdb.process_events(integer),

@@ -53,4 +53,38 @@ $$;
 
 comment on function auditdb.guard_log_table(regclass) is 'auditdb: install the append-only guards on a log table';
 
+-- Seals are append-only too, and written only by auditdb_owner (auditdb.seal); the sealer's state
+-- is auditdb_owner's alone. Refused here to everyone else, superusers' plain statements included.
+create or replace function auditdb.refuse_seal_change() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception 'auditdb.% is written only by auditdb.seal(): % by % is refused', tg_table_name, tg_op, current_user
+        using errcode = 'insufficient_privilege',
+              detail = 'Seals are append-only: each one chains to the one before it.';
+end
+$$;
+
+comment on function auditdb.refuse_seal_change() is 'auditdb: guard trigger keeping seals append-only';
+
+do $$
+begin
+    if not exists (select from pg_trigger where tgrelid = 'auditdb.seal'::regclass and tgname = 'seal_append_only') then
+        create trigger seal_append_only before update or delete or truncate on auditdb.seal
+            for each statement execute function auditdb.refuse_seal_change();
+    end if;
+    if not exists (select from pg_trigger where tgrelid = 'auditdb.seal'::regclass and tgname = 'seal_insert_guard') then
+        create trigger seal_insert_guard before insert on auditdb.seal for each statement
+            when (current_user <> 'auditdb_owner') execute function auditdb.refuse_seal_change();
+    end if;
+    if not exists (select from pg_trigger where tgrelid = 'auditdb.seal_state'::regclass and tgname = 'seal_state_guard') then
+        create trigger seal_state_guard before insert or update or delete or truncate on auditdb.seal_state
+            for each statement when (current_user <> 'auditdb_owner') execute function auditdb.refuse_seal_change();
+    end if;
+end
+$$;
+alter table auditdb.seal enable always trigger seal_append_only, enable always trigger seal_insert_guard;
+alter table auditdb.seal_state enable always trigger seal_state_guard;
+
 reset role;

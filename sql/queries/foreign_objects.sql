@@ -71,6 +71,11 @@ select 'trigger', pg_catalog.format('%%I on %%s', t.tgname, t.tgrelid::regclass)
    and not (t.tgname in ('log_append_only', 'log_insert_guard')
             and t.tgfoid = (select oid from pg_catalog.pg_proc
                              where pronamespace = 'auditdb'::regnamespace and proname = 'refuse_log_change'))
+   and not ((t.tgrelid, t.tgname) in ((pg_catalog.to_regclass('auditdb.seal'), 'seal_append_only'),
+                                      (pg_catalog.to_regclass('auditdb.seal'), 'seal_insert_guard'),
+                                      (pg_catalog.to_regclass('auditdb.seal_state'), 'seal_state_guard'))
+            and t.tgfoid = (select oid from pg_catalog.pg_proc
+                             where pronamespace = 'auditdb'::regnamespace and proname = 'refuse_seal_change'))
 union all
 select 'index', i.indexrelid::regclass::text, pg_catalog.format('drop index %%s', i.indexrelid::regclass)
   from pg_catalog.pg_index i

@@ -1,0 +1,128 @@
+"""The proof commands of the CLI: seal, verify, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import psycopg
+
+from auditdb.cli_common import connection as _connection
+from auditdb.db import describe_error
+from auditdb.errors import AuditDBError
+
+__all__ = ["COMMANDS"]
+
+
+@click.command(name="seal")
+@click.option(
+    "--max-entries",
+    type=click.IntRange(1, 1_000_000),
+    default=100_000,
+    show_default=True,
+    help="At most this many entries per seal.",
+)
+@click.pass_context
+def seal_cmd(ctx: click.Context, max_entries: int) -> None:
+    """Seal the entries no running transaction can still add to (the worker does it every few seconds).
+
+    Entries written since the last call are noted first and sealed by a later call, once every
+    transaction that was running has ended: run it twice to seal what was just written.
+    """
+    from auditdb.seal import seal
+
+    with _connection(ctx) as conn:
+        sealed = seal(conn, max_entries)
+        last = conn.execute("select max(seal_id), max(upto_id) from auditdb.seal").fetchone()
+    if sealed:
+        click.echo(f"sealed {sealed} entries; the chain now ends at seal {last[0]} (entry {last[1]})")  # type: ignore[index]
+    else:
+        click.echo("nothing to seal yet: new entries are sealed once the transactions running now have ended")
+
+
+@click.command(name="verify")
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A checkpoint file (auditdb checkpoint) the log must still extend.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The operator's public key (PEM) the checkpoint must be signed with.",
+)
+@click.pass_context
+def verify_cmd(ctx: click.Context, checkpoint_path: Path | None, public_key: Path | None) -> None:
+    """Recompute the seal chain and every sealed entry; report what was altered.
+
+    Exit 0: every seal and every sealed entry is as sealed (and the log extends the checkpoint).
+    Exit 1: findings, each on its own line. Exit 3: it could not check (connection, privileges).
+    Hashes are computed here, never by the server.
+    """
+    from auditdb.checkpoint import check_checkpoint, read_checkpoint
+    from auditdb.seal import verify
+
+    try:
+        checkpoint = read_checkpoint(checkpoint_path, public_key) if checkpoint_path else None
+        with _connection(ctx) as conn:
+            shown = [0]
+
+            def progress(done: int) -> None:
+                if done - shown[0] >= 1_000_000:
+                    shown[0] = done
+                    click.echo(f"… {done:,} entries checked", err=True)
+
+            report = verify(conn, progress)
+            findings = [f.message for f in report.findings]
+            if checkpoint is not None:
+                findings += check_checkpoint(conn, checkpoint, report)
+    except (AuditDBError, OSError) as e:
+        click.echo(f"Error: could not verify: {e}", err=True)
+        sys.exit(3)
+    except psycopg.Error as e:  # nothing was proven either way
+        click.echo(f"Error: could not verify: {describe_error(e)}", err=True)
+        sys.exit(3)
+    for line in findings:
+        click.echo(f"FOUND  {line}")
+    summary = (
+        f"{report.seals} seals, {report.entries:,} sealed entries checked; {report.unsealed:,} entries not yet sealed"
+    )
+    if findings:
+        click.echo(f"{len(findings)} finding(s); {summary}")
+        sys.exit(1)
+    click.echo(f"ok: {summary}" + (f"; extends checkpoint at seal {checkpoint['seal_id']}" if checkpoint else ""))
+
+
+@click.command(name="checkpoint")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The operator's Ed25519 private key (PEM), kept outside the database.",
+)
+@click.option("--generate-key", is_flag=True, help="Create --key (and KEY.pub) first; refuses to overwrite one.")
+@click.option("--output", "-o", default="-", show_default=True, help="Where to write the checkpoint (- for stdout).")
+@click.pass_context
+def checkpoint_cmd(ctx: click.Context, key_path: Path, generate_key: bool, output: str) -> None:
+    """Write the newest seal, signed with the operator's key: `verify --checkpoint` proves the log still extends it."""
+    from auditdb.checkpoint import generate_key as make_key
+    from auditdb.checkpoint import make_checkpoint
+
+    if generate_key:
+        public = make_key(key_path)
+        click.echo(f"created {key_path} (private: keep it outside the database) and {public}", err=True)
+    with _connection(ctx) as conn:
+        checkpoint = make_checkpoint(conn, key_path)
+    text = json.dumps(checkpoint, indent=2) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        click.echo(f"checkpoint at seal {checkpoint['seal_id']} written to {output}", err=True)
+
+
+COMMANDS = (seal_cmd, verify_cmd, checkpoint_cmd)

@@ -1,0 +1,213 @@
+-- Seals: a hash chain over the log, made off the write path (the worker, `auditdb seal`) and
+-- checked from outside by `auditdb verify`, which recomputes every hash in Python from the
+-- entries' values (never trusting the server's hash functions).
+--
+-- Canonical form 1. An entry's digest is SHA-256 of the UTF-8 bytes of
+--     'auditdb-entry-v1' LF field(id) field(occurred_at) field(txid) field(action) …
+-- over the columns in ENTRY_FIELDS order (auditdb/seal.py names the same list), each field
+-- 'N' for null or 'S' <byte length> ':' <text>, the text being: integers in decimal,
+-- occurred_at as UTC 'YYYY-MM-DDTHH:MM:SS.ffffffZ', ip as inet prints it, changes and metadata as
+-- jsonb prints them (keys in jsonb's order), text as it is. It depends on values only, never on
+-- where rows lie: dump and restore, pg_upgrade and VACUUM FULL keep it. A seal's digest is
+-- SHA-256 of 'auditdb-seal-v1' LF and the fields seal_id, sealed_at, format, prev_upto_id, upto_id,
+-- entry_count, entries_sha256 (hex), floor_at, prev_sha256 (hex) in the same encoding.
+--
+-- An entry is sealed only once no transaction that could still commit an entry at or below the
+-- seal's upto_id is running: ids are taken before commit, so id order is not commit order. The
+-- sealer reads the id sequence, then notes every running transaction (virtual ids, and the
+-- snapshot's xmax for prepared ones); the range is sealed at a later call once all of them have
+-- ended. It also notes the earliest time an entry above that id may carry (floor_at): the
+-- earliest of now, the queued and dead-lettered events' emit times and the start of every
+-- transaction holding a transaction id (one may have emitted an event not yet visible); when that
+-- cannot be known (a prepared transaction, whose start is not recorded), the previous bound.
+set local role auditdb_owner;
+
+-- One field of the canonical form.
+create or replace function auditdb.canonical_field(value text) returns text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when value is null then 'N'
+                else 'S' || octet_length(convert_to(value, 'UTF8')) || ':' || value end
+$$;
+
+comment on function auditdb.canonical_field(text) is 'auditdb: one field of the canonical form seals hash';
+
+-- An entry's digest (canonical form 1). auditdb/seal.py computes the same from the same texts.
+create or replace function auditdb.entry_digest(l auditdb.log) returns bytea
+language sql
+stable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select sha256(convert_to('auditdb-entry-v1' || chr(10)
+        || auditdb.canonical_field(l.id::text)
+        || auditdb.canonical_field(to_char(l.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        || auditdb.canonical_field(l.txid::text)
+        || auditdb.canonical_field(l.action)
+        || auditdb.canonical_field(l.entity_type)
+        || auditdb.canonical_field(l.entity_id)
+        || auditdb.canonical_field(l.entity_name)
+        || auditdb.canonical_field(l.project_id)
+        || auditdb.canonical_field(l.tenant_id)
+        || auditdb.canonical_field(l.actor_id)
+        || auditdb.canonical_field(l.actor_email)
+        || auditdb.canonical_field(l.actor_name)
+        || auditdb.canonical_field(l.ip::text)
+        || auditdb.canonical_field(l.user_agent)
+        || auditdb.canonical_field(l.db_user)
+        || auditdb.canonical_field(l.table_name)
+        || auditdb.canonical_field(l.changes::text)
+        || auditdb.canonical_field(l.metadata::text), 'UTF8'))
+$$;
+
+comment on function auditdb.entry_digest(auditdb.log) is 'auditdb: an entry''s SHA-256 in canonical form 1';
+
+-- A seal's digest (canonical form 1).
+create or replace function auditdb.seal_digest(seal_id bigint, sealed_at timestamptz, format smallint,
+                                               prev_upto_id bigint, upto_id bigint, entry_count bigint,
+                                               entries_sha256 bytea, floor_at timestamptz, prev_sha256 bytea)
+returns bytea
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select sha256(convert_to('auditdb-seal-v1' || chr(10)
+        || auditdb.canonical_field(seal_id::text)
+        || auditdb.canonical_field(to_char(sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        || auditdb.canonical_field(format::text)
+        || auditdb.canonical_field(prev_upto_id::text)
+        || auditdb.canonical_field(upto_id::text)
+        || auditdb.canonical_field(entry_count::text)
+        || auditdb.canonical_field(encode(entries_sha256, 'hex'))
+        || auditdb.canonical_field(case when floor_at = '-infinity' then '-infinity'
+                                        else to_char(floor_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') end)
+        || auditdb.canonical_field(encode(prev_sha256, 'hex')), 'UTF8'))
+$$;
+
+comment on function auditdb.seal_digest(bigint, timestamptz, smallint, bigint, bigint, bigint, bytea, timestamptz, bytea)
+    is 'auditdb: a seal''s SHA-256 in canonical form 1';
+
+-- Seal what can be sealed: at most one seal of at most max_entries entries per call; then note
+-- the next range when none is waiting. Returns the entries sealed (0 when the range still waits
+-- for a transaction, or nothing new was written).
+-- definer: reads the log, pg_locks and pg_stat_activity, writes auditdb.seal and seal_state; an integer argument.
+create or replace function auditdb.seal(max_entries integer default 100000) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+as $$
+declare
+    st auditdb.seal_state;
+    last_seal auditdb.seal;
+    prev_upto bigint := 0;
+    prev_floor timestamptz := '-infinity';
+    next_id bigint := 1;
+    upto bigint;
+    n bigint := 0;
+    digest bytea;
+    bound timestamptz;
+    sealed_at timestamptz := clock_timestamp();
+    ready boolean := false;
+    read_at timestamptz;
+    seq_last bigint;
+    seq_called boolean;
+    own_vxid text;
+begin
+    perform auditdb.require_admin_here('auditdb.seal');
+    if max_entries is null or max_entries < 1 or max_entries > 1000000 then
+        raise exception 'auditdb.seal: max_entries must be between 1 and 1000000' using errcode = 'invalid_parameter_value';
+    end if;
+    select * into st from auditdb.seal_state where singleton for update;
+    if not found then
+        raise exception 'auditdb.seal: auditdb.seal_state has no row; run `auditdb install`' using errcode = 'object_not_in_prerequisite_state';
+    end if;
+    select * into last_seal from auditdb.seal order by seal_id desc limit 1;
+    if found then
+        prev_upto := last_seal.upto_id;
+        prev_floor := last_seal.floor_at;
+        next_id := last_seal.seal_id + 1;
+    end if;
+
+    if st.pending_upto is not null and st.pending_upto > prev_upto then
+        ready := pg_snapshot_xmin(pg_current_snapshot()) >= st.pending_xmax
+             and not exists (select from pg_locks k where k.locktype = 'virtualxid' and k.virtualxid = any(st.pending_vxids))
+             and not exists (select from pg_prepared_xacts p where p.prepared >= st.pending_at);
+    end if;
+    if ready then
+        select count(*), max(e.id), sha256(coalesce(string_agg(e.digest, ''::bytea order by e.id), ''::bytea))
+          into n, upto, digest
+          from (select l.id, auditdb.entry_digest(l) as digest from auditdb.log l
+                 where l.id > prev_upto and l.id <= st.pending_upto
+                 order by l.id limit max_entries) e;
+        if n < max_entries or upto = st.pending_upto then
+            upto := st.pending_upto;  -- the whole range, ids no entry kept included
+            bound := greatest(prev_floor, st.pending_floor);
+        else
+            bound := prev_floor;  -- part of the range: its bound holds above pending_upto only
+        end if;
+        insert into auditdb.seal (seal_id, sealed_at, format, prev_upto_id, upto_id, entry_count, entries_sha256,
+                                  floor_at, prev_sha256, seal_sha256)
+        values (next_id, sealed_at, 1, prev_upto, upto, n, digest, bound, last_seal.seal_sha256,
+                auditdb.seal_digest(next_id, sealed_at, 1::smallint, prev_upto, upto, n, digest, bound, last_seal.seal_sha256));
+        if upto < st.pending_upto then
+            return n;  -- the rest of the range next time
+        end if;
+        prev_upto := upto;
+        prev_floor := bound;
+    elsif st.pending_upto is not null and st.pending_upto > prev_upto then
+        return 0;  -- still waiting for a transaction
+    end if;
+
+    -- Note the next range: first the time, then the sequence, then who is running (any of them
+    -- may hold an id at or below what the sequence says; none that starts later can).
+    read_at := clock_timestamp();
+    select s.last_value, s.is_called into seq_last, seq_called from auditdb.log_id_seq s;
+    select k.virtualxid into own_vxid from pg_locks k where k.locktype = 'virtualxid' and k.pid = pg_backend_pid() limit 1;
+    update auditdb.seal_state
+       set pending_upto = case when seq_called then seq_last else 0 end,
+           pending_vxids = array(select k.virtualxid from pg_locks k
+                                  where k.locktype = 'virtualxid' and k.granted and k.virtualxid is distinct from own_vxid),
+           pending_xmax = pg_snapshot_xmax(pg_current_snapshot()),
+           pending_at = read_at,
+           pending_floor = case
+               -- a prepared transaction's start is not recorded, nor one we may not see: keep the last bound
+               when exists (select from pg_prepared_xacts)
+                 or exists (select from pg_stat_activity a where a.backend_xid is not null and a.xact_start is null)
+                   then prev_floor
+               else greatest(prev_floor, least(read_at,
+                        (select min(q.emitted_at) from auditdb.event_queue q),
+                        (select min((d.event->>'emitted_at')::timestamptz) from auditdb.event_dead_letter d),
+                        (select min(a.xact_start) from pg_stat_activity a
+                          where a.backend_xid is not null and a.pid <> pg_backend_pid())))
+           end
+     where singleton;
+    return n;
+end
+$$;
+
+comment on function auditdb.seal(integer) is 'auditdb: seal the entries no running transaction can add to';
+
+-- How far sealing has come, for `doctor`: the newest seal, how long ago it was made, the newest
+-- id handed out, and the transactions the next seal waits for.
+-- definer: reads auditdb's sealing state and the id sequence; no argument.
+create or replace function auditdb.seal_status(out seal_id bigint, out upto_id bigint, out age_seconds bigint,
+                                               out newest_id bigint, out waiting_for text[])
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select s.seal_id, s.upto_id, extract(epoch from clock_timestamp() - s.sealed_at)::bigint,
+           (select case when q.is_called then q.last_value else 0 end from auditdb.log_id_seq q),
+           (select st.pending_vxids from auditdb.seal_state st)
+      from (select 1) one
+      left join auditdb.seal s on s.seal_id = (select max(m.seal_id) from auditdb.seal m)
+$$;
+
+comment on function auditdb.seal_status() is 'auditdb: how far sealing has come (doctor)';
+
+reset role;

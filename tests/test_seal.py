@@ -1,0 +1,294 @@
+"""Seals and `auditdb verify`: each way a superuser can alter the log, done here, is found.
+
+The superuser attacks of issue 17: edit, delete (with the AUDIT_CHANGED it caused), insert into a
+sealed range, reorder, backdate, rewrite a column's values with ALTER TABLE … TYPE … USING, drop
+a partition, alter or remove a seal, rewrite the whole chain (caught by an older checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from auditdb.cli import cli
+from auditdb.seal import ENTRY_TEXTS, entry_digest, seal, verify
+from tests.fix_db import scalar
+
+
+def _write(conn: psycopg.Connection[Any], n: int, **values: Any) -> None:
+    """n entries as auditdb_owner writes events (the log sets id, time, txid and user)."""
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            """insert into auditdb.log (action, entity_type, entity_id, entity_name, actor_id, tenant_id, metadata)
+               select 'LOGIN', 'User', 'u' || g, %s, %s, %s, jsonb_build_object('n', g)
+                 from generate_series(1, %s) g""",
+            (values.get("name", "Ann"), values.get("actor", "ann"), values.get("tenant", "t1"), n),
+        )
+
+
+def _seal_all(conn: psycopg.Connection[Any]) -> int:
+    """What the worker does over two rounds: note the range, then seal it."""
+    return seal(conn) + seal(conn)
+
+
+def _findings(conn: psycopg.Connection[Any]) -> list[str]:
+    return [f"{f.kind}: {f.message}" for f in verify(conn).findings]
+
+
+def _partition_of(conn: psycopg.Connection[Any], entry_id: int) -> str:
+    return str(scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (entry_id,)))
+
+
+def _as_superuser_unguarded(conn: psycopg.Connection[Any], table: str, statement: str, params: Any = None) -> None:
+    """What an insider with superuser rights does: switch the table's guards off, change it, switch them back.
+
+    statement names the table as {t}.
+    """
+    names = [
+        r[0]
+        for r in conn.execute(
+            "select tgname from pg_trigger where tgrelid = %s::regclass and not tgisinternal", (table,)
+        )
+    ]
+    with conn.transaction():
+        conn.execute(f"alter table {table} disable trigger user")
+        conn.execute(statement.replace("{t}", table), params)
+        for name in names:
+            conn.execute(f"alter table {table} enable always trigger {name}")
+
+
+@pytest.fixture
+def sealed(conn: psycopg.Connection[Any]) -> list[int]:
+    """Two seals' worth of entries, sealed; their ids."""
+    _write(conn, 30)
+    assert _seal_all(conn) > 0
+    _write(conn, 20, name="Bob", actor="bob")
+    _seal_all(conn)
+    assert _findings(conn) == []
+    return [r[0] for r in conn.execute("select id from auditdb.log where action = 'LOGIN' order by id")]
+
+
+def test_the_digest_is_the_same_computed_here_or_by_the_server(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            """insert into auditdb.log (action, entity_type, entity_id, entity_name, actor_name, ip, user_agent,
+                                        changes, metadata)
+               values ('UPDATE', 'Ünïcode', E'line\\nbreak', 'quote '' and "double" \\ back', 'Zoë 😀', '2001:db8::1',
+                       null, '{"b": {"new": "é", "old": 1.50}, "a": [1, "x\\"y"]}', '{"k": null}')"""
+        )
+    rows = conn.execute(
+        psycopg.sql.SQL("select {}, encode(auditdb.entry_digest(l), 'hex') from auditdb.log l order by id").format(
+            psycopg.sql.SQL(", ").join(psycopg.sql.SQL(t) for t in ENTRY_TEXTS)
+        )
+    ).fetchall()
+    assert rows
+    for row in rows:
+        assert entry_digest(row[:-1]).hex() == row[-1], row
+
+
+def test_sealing_waits_for_a_transaction_that_holds_an_earlier_id(conn: psycopg.Connection[Any], dsn: str) -> None:
+    with psycopg.connect(dsn) as slow:
+        slow.execute("set role auditdb_owner")
+        slow.execute(
+            "insert into auditdb.log (action, entity_type) values ('LOGIN', 'Slow')"
+        )  # id taken, not committed
+        _write(conn, 5)  # later ids, committed
+        assert seal(conn) == 0  # notes the range
+        assert seal(conn) == 0  # the slow transaction may still commit an entry in it: wait
+        slow.commit()
+    assert seal(conn) > 0
+    assert scalar(conn, "select count(*) from auditdb.log where entity_type = 'Slow'") == 1
+    assert _findings(conn) == []
+    covered = scalar(conn, "select count(*) from auditdb.log l where l.id <= (select max(upto_id) from auditdb.seal)")
+    assert covered == scalar(conn, "select sum(entry_count) from auditdb.seal")
+
+
+def test_an_edited_entry_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    target = sealed[3]
+    _as_superuser_unguarded(
+        conn, _partition_of(conn, target), "update {t} set actor_id = 'mallory' where id = %s", (target,)
+    )
+    found = _findings(conn)
+    assert any(f.startswith("entries-altered") and "same number" in f for f in found), found
+
+
+def test_a_deleted_entry_and_the_audit_change_it_caused_are_found(
+    conn: psycopg.Connection[Any], sealed: list[int]
+) -> None:
+    target = sealed[5]
+    partition = _partition_of(conn, target)
+    _as_superuser_unguarded(conn, partition, "delete from {t} where id = %s", (target,))
+    _as_superuser_unguarded(
+        conn, partition, "delete from {t} where action = 'AUDIT_CHANGED' and id > %s", (sealed[-1],)
+    )
+    found = _findings(conn)
+    assert any(f.startswith("entries-altered") and "sealed" in f and "there now" in f for f in found), found
+
+
+def test_an_entry_inserted_into_a_sealed_range_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (id, action, entity_type, actor_id) values (%s, 'LOGIN', 'User', 'forged')",
+            (sealed[3],),  # an id inside the sealed range (ids need not be unique to PostgreSQL)
+        )
+    found = _findings(conn)
+    assert any(f.startswith("entries-altered") for f in found), found
+
+
+def test_reordered_entries_are_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    a, b = sealed[1], sealed[2]
+    partition = _partition_of(conn, a)
+    _as_superuser_unguarded(
+        conn,
+        partition,
+        "update {t} set id = -1 where id = %s",
+        (a,),
+    )
+    _as_superuser_unguarded(conn, partition, "update {t} set id = %s where id = %s", (a, b))
+    _as_superuser_unguarded(conn, partition, "update {t} set id = %s where id = -1", (b,))
+    found = _findings(conn)
+    assert any(f.startswith("entries-altered") for f in found), found
+
+
+def test_a_rewrite_by_alter_column_type_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    with conn.transaction():
+        conn.execute("alter table auditdb.log alter column actor_id type text using upper(actor_id)")
+    found = _findings(conn)
+    assert any(f.startswith("entries-altered") for f in found), found
+
+
+def test_a_dropped_partition_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    partition = _partition_of(conn, sealed[0])
+    with conn.transaction():
+        conn.execute("select auditdb.begin_maintenance()")
+        conn.execute(f"alter table auditdb.log detach partition {partition}")
+        conn.execute(f"drop table {partition}")
+    found = _findings(conn)
+    assert any(f.startswith("entries-altered") and "0 there now" in f for f in found), found
+
+
+def test_a_backdated_entry_is_found_before_and_after_it_is_sealed(
+    conn: psycopg.Connection[Any], sealed: list[int]
+) -> None:
+    floor = scalar(conn, "select max(floor_at) from auditdb.seal")
+    assert floor is not None
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (occurred_at, action, entity_type, actor_id) "
+            "values (now() - interval '2 days', 'LOGIN', 'User', 'backdated')"
+        )
+    assert any(f.startswith("backdated") and "not yet sealed" in f for f in _findings(conn))
+    _seal_all(conn)
+    found = _findings(conn)
+    assert any(f.startswith("backdated") and "(seal" in f for f in found), found
+
+
+def test_an_altered_seal_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    _as_superuser_unguarded(conn, "auditdb.seal", "update {t} set entry_count = entry_count - 1 where seal_id = 1")
+    found = _findings(conn)
+    assert any(f.startswith("seal-altered") and "seal 1" in f for f in found), found
+
+
+def test_a_removed_seal_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    assert scalar(conn, "select count(*) from auditdb.seal") >= 2
+    _as_superuser_unguarded(conn, "auditdb.seal", "delete from {t} where seal_id = 1")
+    found = _findings(conn)
+    assert any(f.startswith("seal-missing") for f in found), found
+    assert any(f.startswith("chain-broken") for f in found), found
+
+
+def test_seals_refuse_plain_changes_even_from_a_superuser(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    for statement in ("update auditdb.seal set entry_count = 0", "delete from auditdb.seal", "truncate auditdb.seal"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"written only by auditdb\.seal"):
+            conn.execute(statement)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("update auditdb.seal_state set pending_upto = 0")
+
+
+def test_vacuum_full_keeps_it_verifying(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    conn.execute(f"vacuum full {_partition_of(conn, sealed[0])}")
+    assert _findings(conn) == []
+
+
+def test_a_rewritten_chain_is_caught_by_an_older_checkpoint(
+    conn: psycopg.Connection[Any], dsn: str, sealed: list[int], tmp_path: Path
+) -> None:
+    key, checkpoint = tmp_path / "operator.key", tmp_path / "checkpoint.json"
+    runner = CliRunner()
+    made = runner.invoke(
+        cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "--generate-key", "--output", str(checkpoint)]
+    )
+    assert made.exit_code == 0, made.output
+    assert json.loads(checkpoint.read_text())["seal_id"] >= 2
+    public = f"{key}.pub"
+    ok = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", public])
+    assert ok.exit_code == 0, ok.output
+    assert "extends checkpoint at seal" in ok.output
+    # The insider edits an entry, then throws the seals away and seals everything again: the chain
+    # verifies on its own, but no longer extends what the operator signed.
+    target = sealed[0]
+    _as_superuser_unguarded(
+        conn, _partition_of(conn, target), "update {t} set actor_id = 'mallory' where id = %s", (target,)
+    )
+    _as_superuser_unguarded(conn, "auditdb.seal", "delete from {t}")
+    _as_superuser_unguarded(
+        conn,
+        "auditdb.seal_state",
+        "update {t} set pending_upto = null, pending_vxids = null, pending_xmax = null",
+    )
+    _seal_all(conn)
+    _seal_all(conn)
+    alone = runner.invoke(cli, ["--dsn", dsn, "verify"])
+    assert alone.exit_code == 0, alone.output
+    caught = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", public])
+    assert caught.exit_code == 1, caught.output
+    assert "rewritten" in caught.output or "gone" in caught.output
+
+
+def test_an_altered_checkpoint_or_another_key_is_refused(
+    conn: psycopg.Connection[Any], dsn: str, sealed: list[int], tmp_path: Path
+) -> None:
+    key, other, checkpoint = tmp_path / "k", tmp_path / "other", tmp_path / "c.json"
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "--generate-key", "-o", str(checkpoint)]
+        ).exit_code
+        == 0
+    )
+    assert (
+        runner.invoke(
+            cli, ["--dsn", dsn, "checkpoint", "--key", str(other), "--generate-key", "-o", str(tmp_path / "x")]
+        ).exit_code
+        == 0
+    )
+    wrong_key = runner.invoke(
+        cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", f"{other}.pub"]
+    )
+    assert wrong_key.exit_code == 3 and "not signed with the key" in wrong_key.output
+    data = json.loads(checkpoint.read_text())
+    data["seal_sha256"] = "0" * 64
+    checkpoint.write_text(json.dumps(data))
+    altered = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint)])
+    assert altered.exit_code == 3 and "signature does not match" in altered.output
+
+
+def test_the_cli_seals_and_verifies(conn: psycopg.Connection[Any], dsn: str) -> None:
+    _write(conn, 10)
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--dsn", dsn, "seal"])
+    assert first.exit_code == 0 and "nothing to seal yet" in first.output, first.output
+    second = runner.invoke(cli, ["--dsn", dsn, "seal"])
+    assert second.exit_code == 0 and "sealed" in second.output, second.output
+    result = runner.invoke(cli, ["--dsn", dsn, "verify"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 1 seals")
