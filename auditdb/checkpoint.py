@@ -58,7 +58,7 @@ def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, 
     """The newest seal, signed with the private key at key_path."""
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:  # TypeError: a key that needs a password
         raise AuditDBError(f"cannot read the private key {key_path}: {e}") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise AuditDBError(f"{key_path} is not an Ed25519 private key")
@@ -87,10 +87,11 @@ def read_checkpoint(path: Path, public_key: Path | None) -> dict[str, Any]:
     """A checkpoint whose signature checks (with public_key when given, which it must name)."""
     try:
         checkpoint = json.loads(path.read_text())
-        assert isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+            raise ValueError(f"not {FORMAT}")
         embedded = Ed25519PublicKey.from_public_bytes(base64.b64decode(checkpoint["public_key"]))
         signature = base64.b64decode(checkpoint["signature"])
-    except (OSError, ValueError, KeyError, AssertionError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise AuditDBError(f"{path} is not an auditdb checkpoint ({e or 'wrong format'})") from e
     if public_key is not None:
         try:

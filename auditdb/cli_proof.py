@@ -66,6 +66,10 @@ def verify_cmd(ctx: click.Context, checkpoint_path: Path | None, public_key: Pat
     from auditdb.seal import verify
 
     try:
+        if checkpoint_path is not None and public_key is None:
+            raise AuditDBError(
+                "--checkpoint needs --public-key: the key in the file proves nothing about who signed it"
+            )
         checkpoint = read_checkpoint(checkpoint_path, public_key) if checkpoint_path else None
         with _connection(ctx) as conn:
             shown = [0]

@@ -78,11 +78,30 @@ def django_site(dsn: str, conn: psycopg.Connection[Any], track: Track) -> Iterat
     }
     connections.close_all()
     connections.settings = connections.configure_settings({"default": database})
-    with contextlib.suppress(AttributeError):
-        del connections["default"]  # this thread's connection to the previous test's database
+    _forget_connections(connections)
     call_command("migrate", run_syncdb=True, verbosity=0)
     track("", NOTES_TOML)
     try:
         yield connections["default"].settings_dict
     finally:
+        _forget_connections(connections)
+        # auditdb_writer is a cluster-wide role: take it back for the tests that expect it missing.
+        CliRunner().invoke(cli, ["--dsn", dsn, "revoke", APP_ROLE, "--writer"])
+
+
+def _forget_connections(connections: Any) -> None:
+    """Close and drop this thread's connections and those of the thread async views run their
+    queries in (asgiref's thread-sensitive executor): it keeps its own, made for the previous
+    test's database, on a server that may have stopped since."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    def drop() -> None:
         connections.close_all()
+        for alias in ("default", "other"):
+            with contextlib.suppress(AttributeError):
+                del connections[alias]
+
+    drop()
+    asyncio.run(sync_to_async(drop)())

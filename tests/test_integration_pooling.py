@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -27,9 +28,11 @@ ITEMS_TOML = '[tables."public.items"]\nentity_type = "Item"\nname = "name"\n'
 
 
 @pytest.fixture
-def items(dsn: str, track: Track) -> None:
+def items(dsn: str, track: Track) -> Iterator[None]:
     track(ITEMS.format(APP_ROLE), ITEMS_TOML)
     assert CliRunner().invoke(cli, ["--dsn", dsn, "grant", APP_ROLE, "--writer"]).exit_code == 0
+    yield
+    CliRunner().invoke(cli, ["--dsn", dsn, "revoke", APP_ROLE, "--writer"])  # a cluster-wide role
 
 
 def _item(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def engine(dsn: str, app_dsn: str, track: Track) -> Iterator[Any]:
         yield engine
     finally:
         engine.dispose()
+        CliRunner().invoke(cli, ["--dsn", dsn, "revoke", APP_ROLE, "--writer"])  # a cluster-wide role
 
 
 def _orders(conn: psycopg.Connection[Any], item: str) -> list[dict[str, Any]]:

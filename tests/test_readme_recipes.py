@@ -31,6 +31,7 @@ def orders(dsn: str, app_dsn: str, track: Track, monkeypatch: pytest.MonkeyPatch
     )
     monkeypatch.setenv("AUDITDB_DSN", app_dsn)
     yield
+    CliRunner().invoke(cli, ["--dsn", dsn, "revoke", APP_ROLE, "--writer"])  # a cluster-wide role
 
 
 def _order(conn: psycopg.Connection[Any], item: str) -> dict[str, Any]:

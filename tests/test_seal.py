@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
-from auditdb.seal import ENTRY_TEXTS, entry_digest, seal, verify
+from auditdb.seal import ENTRY_COLUMNS, _printed, _reading, entry_digest, seal, verify
 from tests.fix_db import scalar
 
 
@@ -83,14 +83,43 @@ def test_the_digest_is_the_same_computed_here_or_by_the_server(conn: psycopg.Con
                values ('UPDATE', 'Ünïcode', E'line\\nbreak', 'quote '' and "double" \\ back', 'Zoë 😀', '2001:db8::1',
                        null, '{"b": {"new": "é", "old": 1.50}, "a": [1, "x\\"y"]}', '{"k": null}')"""
         )
-    rows = conn.execute(
-        psycopg.sql.SQL("select {}, encode(auditdb.entry_digest(l), 'hex') from auditdb.log l order by id").format(
-            psycopg.sql.SQL(", ").join(psycopg.sql.SQL(t) for t in ENTRY_TEXTS)
-        )
-    ).fetchall()
+    with _reading(conn), conn.cursor() as cur:
+        _printed(cur)
+        rows = cur.execute(
+            psycopg.sql.SQL("select {}, encode(auditdb.entry_digest(l), 'hex') from auditdb.log l order by id").format(
+                psycopg.sql.SQL(", ").join(psycopg.sql.Identifier("l", c) for c in ENTRY_COLUMNS)
+            )
+        ).fetchall()
     assert rows
     for row in rows:
         assert entry_digest(row[:-1]).hex() == row[-1], row
+
+
+def test_a_cast_a_superuser_defines_does_not_fool_verify(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    """verify reads values as their types print them: a cast made to print the old text changes nothing."""
+    target = sealed[4]
+    before = scalar(conn, "select metadata::text from auditdb.log where id = %s", (target,))
+    _as_superuser_unguarded(
+        conn, _partition_of(conn, target), "update {t} set metadata = '{\"n\": 999}' where id = %s", (target,)
+    )
+    conn.execute(
+        "create function public.same_as_before(jsonb) returns text language sql immutable "
+        f"as $$ select case when $1 = '{{\"n\": 999}}' then '{before}' else $1::varchar end $$"
+    )
+    conn.execute("create cast (jsonb as text) with function public.same_as_before(jsonb)")
+    try:
+        found = _findings(conn)
+        assert any(f.startswith("entries-altered") for f in found), found
+    finally:
+        conn.execute("drop cast (jsonb as text)")
+
+
+def test_an_entry_without_an_id_in_any_range_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute("insert into auditdb.log (id, action, entity_type) values (-5, 'LOGIN', 'User')")
+    found = _findings(conn)
+    assert any("below 1" in f for f in found), found
 
 
 def test_sealing_waits_for_a_transaction_that_holds_an_earlier_id(conn: psycopg.Connection[Any], dsn: str) -> None:
@@ -141,6 +170,7 @@ def test_an_entry_inserted_into_a_sealed_range_is_found(conn: psycopg.Connection
         )
     found = _findings(conn)
     assert any(f.startswith("entries-altered") for f in found), found
+    assert any("appear more than once" in f for f in found), found
 
 
 def test_reordered_entries_are_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
@@ -230,6 +260,8 @@ def test_a_rewritten_chain_is_caught_by_an_older_checkpoint(
     assert made.exit_code == 0, made.output
     assert json.loads(checkpoint.read_text())["seal_id"] >= 2
     public = f"{key}.pub"
+    unpinned = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint)])
+    assert unpinned.exit_code == 3 and "needs --public-key" in unpinned.output
     ok = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", public])
     assert ok.exit_code == 0, ok.output
     assert "extends checkpoint at seal" in ok.output
@@ -278,7 +310,9 @@ def test_an_altered_checkpoint_or_another_key_is_refused(
     data = json.loads(checkpoint.read_text())
     data["seal_sha256"] = "0" * 64
     checkpoint.write_text(json.dumps(data))
-    altered = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint)])
+    altered = runner.invoke(
+        cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", f"{key}.pub"]
+    )
     assert altered.exit_code == 3 and "signature does not match" in altered.output
 
 
@@ -292,3 +326,16 @@ def test_the_cli_seals_and_verifies(conn: psycopg.Connection[Any], dsn: str) -> 
     result = runner.invoke(cli, ["--dsn", dsn, "verify"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok: 1 seals")
+
+
+def test_who_may_verify(
+    conn: psycopg.Connection[Any], dsn: str, sealed: list[int], make_role: Any, pg_server: Any, dbname: str
+) -> None:
+    admin, viewer = make_role(), make_role()
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--dsn", dsn, "grant", admin, "--admin"]).exit_code == 0
+    assert runner.invoke(cli, ["--dsn", dsn, "grant", viewer, "--viewer", "--tenant", "t1"]).exit_code == 0
+    as_admin = runner.invoke(cli, ["--dsn", pg_server.dsn(dbname, user=admin), "verify"])
+    assert as_admin.exit_code == 0, as_admin.output
+    as_viewer = runner.invoke(cli, ["--dsn", pg_server.dsn(dbname, user=viewer), "verify"])
+    assert as_viewer.exit_code == 3 and "does not read every entry" in as_viewer.output, as_viewer.output

@@ -4,12 +4,13 @@
 --
 -- Canonical form 1. An entry's digest is SHA-256 of the UTF-8 bytes of
 --     'auditdb-entry-v1' LF field(id) field(occurred_at) field(txid) field(action) …
--- over the columns in ENTRY_FIELDS order (auditdb/seal.py names the same list), each field
--- 'N' for null or 'S' <byte length> ':' <text>, the text being: integers in decimal,
--- occurred_at as UTC 'YYYY-MM-DDTHH:MM:SS.ffffffZ', ip as inet prints it, changes and metadata as
--- jsonb prints them (keys in jsonb's order), text as it is. It depends on values only, never on
--- where rows lie: dump and restore, pg_upgrade and VACUUM FULL keep it. A seal's digest is
--- SHA-256 of 'auditdb-seal-v1' LF and the fields seal_id, sealed_at, format, prev_upto_id, upto_id,
+-- over the columns in ENTRY_COLUMNS order (auditdb/seal.py names the same list), each field
+-- 'N' for null or 'S' <byte length> ':' <text>, the text being what the column's type prints
+-- (its output function, never a cast a superuser could redefine), with TimeZone UTC and DateStyle
+-- ISO: occurred_at '2026-11-30 05:40:12.123456+00' (' BC' and 'infinity' included), ip as inet
+-- prints it, changes and metadata as jsonb prints them. It depends on values only, never on where
+-- rows lie: dump and restore, pg_upgrade and VACUUM FULL keep it. A seal's digest is SHA-256 of
+-- 'auditdb-seal-v1' LF and the fields seal_id, sealed_at, format, prev_upto_id, upto_id,
 -- entry_count, entries_sha256 (hex), floor_at, prev_sha256 (hex) in the same encoding.
 --
 -- An entry is sealed only once no transaction that could still commit an entry at or below the
@@ -17,9 +18,11 @@
 -- sealer reads the id sequence, then notes every running transaction (virtual ids, and the
 -- snapshot's xmax for prepared ones); the range is sealed at a later call once all of them have
 -- ended. It also notes the earliest time an entry above that id may carry (floor_at): the
--- earliest of now, the queued and dead-lettered events' emit times and the start of every
--- transaction holding a transaction id (one may have emitted an event not yet visible); when that
--- cannot be known (a prepared transaction, whose start is not recorded), the previous bound.
+-- earliest of now less a second (clocks of two backends), the queued events' emit times and the
+-- start of every transaction holding a transaction id (one may have emitted an event not yet
+-- visible), read in that order before the sequence; when that cannot be known (a prepared
+-- transaction, whose start is not recorded), the previous bound. Dead-lettered events do not
+-- count: one logged later is logged late, which is what a backdated entry is.
 set local role auditdb_owner;
 
 -- One field of the canonical form.
@@ -35,17 +38,32 @@ $$;
 
 comment on function auditdb.canonical_field(text) is 'auditdb: one field of the canonical form seals hash';
 
+-- A value as its type's output function prints it (format's %s calls it; a cast to text could be
+-- one a superuser defined); null stays null.
+create or replace function auditdb.printed(value anyelement) returns text
+language sql
+stable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when value is null then null else format('%s', value) end
+$$;
+
+comment on function auditdb.printed(anyelement) is 'auditdb: a value as its type prints it';
+
 -- An entry's digest (canonical form 1). auditdb/seal.py computes the same from the same texts.
 create or replace function auditdb.entry_digest(l auditdb.log) returns bytea
 language sql
 stable
 parallel safe
 set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set datestyle = 'ISO, YMD'
 as $$
     select sha256(convert_to('auditdb-entry-v1' || chr(10)
-        || auditdb.canonical_field(l.id::text)
-        || auditdb.canonical_field(to_char(l.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        || auditdb.canonical_field(l.txid::text)
+        || auditdb.canonical_field(auditdb.printed(l.id))
+        || auditdb.canonical_field(auditdb.printed(l.occurred_at))
+        || auditdb.canonical_field(auditdb.printed(l.txid))
         || auditdb.canonical_field(l.action)
         || auditdb.canonical_field(l.entity_type)
         || auditdb.canonical_field(l.entity_id)
@@ -55,12 +73,12 @@ as $$
         || auditdb.canonical_field(l.actor_id)
         || auditdb.canonical_field(l.actor_email)
         || auditdb.canonical_field(l.actor_name)
-        || auditdb.canonical_field(l.ip::text)
+        || auditdb.canonical_field(auditdb.printed(l.ip))
         || auditdb.canonical_field(l.user_agent)
         || auditdb.canonical_field(l.db_user)
         || auditdb.canonical_field(l.table_name)
-        || auditdb.canonical_field(l.changes::text)
-        || auditdb.canonical_field(l.metadata::text), 'UTF8'))
+        || auditdb.canonical_field(auditdb.printed(l.changes))
+        || auditdb.canonical_field(auditdb.printed(l.metadata)), 'UTF8'))
 $$;
 
 comment on function auditdb.entry_digest(auditdb.log) is 'auditdb: an entry''s SHA-256 in canonical form 1';
@@ -71,19 +89,20 @@ create or replace function auditdb.seal_digest(seal_id bigint, sealed_at timesta
                                                entries_sha256 bytea, floor_at timestamptz, prev_sha256 bytea)
 returns bytea
 language sql
-immutable
+stable
 set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set datestyle = 'ISO, YMD'
 as $$
     select sha256(convert_to('auditdb-seal-v1' || chr(10)
-        || auditdb.canonical_field(seal_id::text)
-        || auditdb.canonical_field(to_char(sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        || auditdb.canonical_field(format::text)
-        || auditdb.canonical_field(prev_upto_id::text)
-        || auditdb.canonical_field(upto_id::text)
-        || auditdb.canonical_field(entry_count::text)
+        || auditdb.canonical_field(auditdb.printed(seal_id))
+        || auditdb.canonical_field(auditdb.printed(sealed_at))
+        || auditdb.canonical_field(auditdb.printed(format))
+        || auditdb.canonical_field(auditdb.printed(prev_upto_id))
+        || auditdb.canonical_field(auditdb.printed(upto_id))
+        || auditdb.canonical_field(auditdb.printed(entry_count))
         || auditdb.canonical_field(encode(entries_sha256, 'hex'))
-        || auditdb.canonical_field(case when floor_at = '-infinity' then '-infinity'
-                                        else to_char(floor_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') end)
+        || auditdb.canonical_field(auditdb.printed(floor_at))
         || auditdb.canonical_field(encode(prev_sha256, 'hex')), 'UTF8'))
 $$;
 
@@ -116,8 +135,14 @@ declare
     seq_last bigint;
     seq_called boolean;
     own_vxid text;
+    floor_value timestamptz;
 begin
     perform auditdb.require_admin_here('auditdb.seal');
+    -- Each statement below must see what has committed by the time it runs.
+    if current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'auditdb.seal runs in a READ COMMITTED transaction, not %', current_setting('transaction_isolation')
+            using errcode = 'invalid_transaction_state';
+    end if;
     if max_entries is null or max_entries < 1 or max_entries > 1000000 then
         raise exception 'auditdb.seal: max_entries must be between 1 and 1000000' using errcode = 'invalid_parameter_value';
     end if;
@@ -132,6 +157,9 @@ begin
         next_id := last_seal.seal_id + 1;
     end if;
 
+    if st.pending_xmax is not null and st.pending_xmax > pg_snapshot_xmax(pg_current_snapshot()) then
+        st.pending_upto := null;  -- noted in another cluster (a restored dump): note again
+    end if;
     if st.pending_upto is not null and st.pending_upto > prev_upto then
         ready := pg_snapshot_xmin(pg_current_snapshot()) >= st.pending_xmax
              and not exists (select from pg_locks k where k.locktype = 'virtualxid' and k.virtualxid = any(st.pending_vxids))
@@ -162,9 +190,22 @@ begin
         return 0;  -- still waiting for a transaction
     end if;
 
-    -- Note the next range: first the time, then the sequence, then who is running (any of them
-    -- may hold an id at or below what the sequence says; none that starts later can).
+    -- Note the next range: the time and the bound first, then the sequence, then who is running
+    -- (any of them may hold an id at or below what the sequence says; none that starts later can).
     read_at := clock_timestamp();
+    perform pg_stat_clear_snapshot();
+    if exists (select from pg_prepared_xacts)
+       or exists (select from pg_stat_activity a where a.backend_xid is not null and a.xact_start is null) then
+        -- a prepared transaction's start is not recorded, nor one we may not see: keep the last bound
+        floor_value := prev_floor;
+    else
+        floor_value := least(read_at - interval '1 second',
+                             (select min(a.xact_start) from pg_stat_activity a
+                               where a.backend_xid is not null and a.pid <> pg_backend_pid()));
+        -- A new statement, a new snapshot: an event a transaction above committed is seen now.
+        floor_value := least(floor_value, (select min(q.emitted_at) from auditdb.event_queue q));
+        floor_value := greatest(prev_floor, floor_value);
+    end if;
     select s.last_value, s.is_called into seq_last, seq_called from auditdb.log_id_seq s;
     select k.virtualxid into own_vxid from pg_locks k where k.locktype = 'virtualxid' and k.pid = pg_backend_pid() limit 1;
     update auditdb.seal_state
@@ -173,17 +214,7 @@ begin
                                   where k.locktype = 'virtualxid' and k.granted and k.virtualxid is distinct from own_vxid),
            pending_xmax = pg_snapshot_xmax(pg_current_snapshot()),
            pending_at = read_at,
-           pending_floor = case
-               -- a prepared transaction's start is not recorded, nor one we may not see: keep the last bound
-               when exists (select from pg_prepared_xacts)
-                 or exists (select from pg_stat_activity a where a.backend_xid is not null and a.xact_start is null)
-                   then prev_floor
-               else greatest(prev_floor, least(read_at,
-                        (select min(q.emitted_at) from auditdb.event_queue q),
-                        (select min((d.event->>'emitted_at')::timestamptz) from auditdb.event_dead_letter d),
-                        (select min(a.xact_start) from pg_stat_activity a
-                          where a.backend_xid is not null and a.pid <> pg_backend_pid())))
-           end
+           pending_floor = floor_value
      where singleton;
     return n;
 end
@@ -204,8 +235,9 @@ as $$
     select s.seal_id, s.upto_id, extract(epoch from clock_timestamp() - s.sealed_at)::bigint,
            (select case when q.is_called then q.last_value else 0 end from auditdb.log_id_seq q),
            (select st.pending_vxids from auditdb.seal_state st)
-      from (select 1) one
+      from (select auditdb.is_admin_here() as admin) one
       left join auditdb.seal s on s.seal_id = (select max(m.seal_id) from auditdb.seal m)
+     where one.admin
 $$;
 
 comment on function auditdb.seal_status() is 'auditdb: how far sealing has come (doctor)';

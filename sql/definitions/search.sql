@@ -156,7 +156,6 @@ declare
     search text := filters->>'search';
     scope text;
     clause text;
-    clause_indexed text;
     bound text := '';
     older_at timestamptz;
     part record;
@@ -173,12 +172,6 @@ begin
             using errcode = 'program_limit_exceeded';
     end if;
     clause := auditdb.filter_sql(filters);
-    -- In a month read through its search index, the tenant conditions are checked on the rows the
-    -- index finds (its keys are the tenant's already), written so that the planner does not also
-    -- read the tenant index for them.
-    clause_indexed := auditdb.filter_sql(filters - 'tenant')
-                      || case when filters->>'tenant' is null then ''
-                              else format(' and (l.tenant_id = %L) is true', filters->>'tenant') end;
     if not sees_all then
         tenants := auditdb.reader_tenants();
         if cardinality(tenants) = 0 then
@@ -247,15 +240,9 @@ begin
                 key_tenants := null;  -- each month has its own tenants
             end if;
         end if;
-        if keys = 'true' then
-            return query execute format('select * from auditdb.%I l where %s and (%s)%s '
-                                        'order by l.occurred_at desc, l.id desc limit %s',
-                                        part.name, scope, clause, bound, wanted);
-        else
-            return query execute format('select * from auditdb.%I l where %s and (%s) is true and (%s)%s '
-                                        'order by l.occurred_at desc, l.id desc limit %s',
-                                        part.name, keys, scope, clause_indexed, bound, wanted);
-        end if;
+        return query execute format('select * from auditdb.%I l where %s and %s and (%s)%s '
+                                    'order by l.occurred_at desc, l.id desc limit %s',
+                                    part.name, keys, scope, clause, bound, wanted);
         get diagnostics got = row_count;
         -- Months are disjoint and read newest first: once they gave max_rows, older ones cannot
         -- hold any of the newest max_rows.
