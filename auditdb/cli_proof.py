@@ -89,6 +89,9 @@ def verify_cmd(ctx: click.Context, checkpoint_path: Path | None, public_key: Pat
     except psycopg.Error as e:  # nothing was proven either way
         click.echo(f"Error: could not verify: {describe_error(e)}", err=True)
         sys.exit(3)
+    except (UnicodeError, ValueError, TypeError) as e:  # values it could not read (a SQL_ASCII database, say)
+        click.echo(f"Error: could not verify: {type(e).__name__}: {e}", err=True)
+        sys.exit(3)
     for line in findings:
         click.echo(f"FOUND  {line}")
     summary = (

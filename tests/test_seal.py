@@ -339,3 +339,27 @@ def test_who_may_verify(
     assert as_admin.exit_code == 0, as_admin.output
     as_viewer = runner.invoke(cli, ["--dsn", pg_server.dsn(dbname, user=viewer), "verify"])
     assert as_viewer.exit_code == 3 and "does not read every entry" in as_viewer.output, as_viewer.output
+
+
+def test_the_application_role_can_neither_seal_nor_read_or_write_seals(
+    conn: psycopg.Connection[Any], sealed: list[int], app_conn: psycopg.Connection[Any]
+) -> None:
+    for statement in (
+        "select auditdb.seal()",
+        "select * from auditdb.seal_status()",
+        "select auditdb.entry_digest(l) from auditdb.log l limit 1",
+        "select * from auditdb.seal",
+        "insert into auditdb.seal_state default values",
+        "update auditdb.seal_state set pending_upto = 0",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app_conn.execute(statement)
+        app_conn.rollback()
+    # A cast it defines on its own type changes nothing in what seals hash (values print through
+    # their types' output functions) and sealing goes on.
+    app_conn.execute("create type public.mine as (v text)")
+    app_conn.execute("create function public.mine_text(public.mine) returns text language sql as $$ select 'x' $$")
+    app_conn.execute("create cast (public.mine as text) with function public.mine_text(public.mine)")
+    _write(conn, 3)
+    _seal_all(conn)
+    assert _findings(conn) == []
