@@ -44,6 +44,16 @@ def seal_cmd(ctx: click.Context, max_entries: int) -> None:
 
 @click.command(name="verify")
 @click.option(
+    "--since",
+    metavar="TIME",
+    help="Read only the entries of seals made since TIME (ISO, 7d, 12h); every seal and the chain are still checked.",
+)
+@click.option(
+    "--archive-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Where the archives of pruned months are (partitions prune --export-dir): their entries are checked there.",
+)
+@click.option(
     "--checkpoint",
     "checkpoint_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -55,14 +65,23 @@ def seal_cmd(ctx: click.Context, max_entries: int) -> None:
     help="The operator's public key (PEM) the checkpoint must be signed with.",
 )
 @click.pass_context
-def verify_cmd(ctx: click.Context, checkpoint_path: Path | None, public_key: Path | None) -> None:
+def verify_cmd(
+    ctx: click.Context,
+    since: str | None,
+    archive_dir: Path | None,
+    checkpoint_path: Path | None,
+    public_key: Path | None,
+) -> None:
     """Recompute the seal chain and every sealed entry; report what was altered.
 
     Exit 0: every seal and every sealed entry is as sealed (and the log extends the checkpoint).
     Exit 1: findings, each on its own line. Exit 3: it could not check (connection, privileges).
-    Hashes are computed here, never by the server.
+    Hashes are computed here, never by the server. Entries of months retention dropped are read
+    from their archives (--archive-dir); without them, the seals holding such entries are listed
+    as not checked.
     """
     from auditdb.checkpoint import check_checkpoint, read_checkpoint
+    from auditdb.query import parse_time
     from auditdb.seal import verify
 
     try:
@@ -79,7 +98,8 @@ def verify_cmd(ctx: click.Context, checkpoint_path: Path | None, public_key: Pat
                     shown[0] = done
                     click.echo(f"… {done:,} entries checked", err=True)
 
-            report = verify(conn, progress)
+            start = parse_time(since).isoformat() if since is not None else None
+            report = verify(conn, progress, since=start, archive_dir=archive_dir)
             findings = [f.message for f in report.findings]
             if checkpoint is not None:
                 findings += check_checkpoint(conn, checkpoint, report)
@@ -94,8 +114,14 @@ def verify_cmd(ctx: click.Context, checkpoint_path: Path | None, public_key: Pat
         sys.exit(3)
     for line in findings:
         click.echo(f"FOUND  {line}")
+    for line in report.unchecked:
+        click.echo(f"NOT CHECKED  {line}")
     summary = (
-        f"{report.seals} seals, {report.entries:,} sealed entries checked; {report.unsealed:,} entries not yet sealed"
+        f"{report.seals} seals, {report.entries:,} sealed entries checked"
+        + (f" ({report.archived:,} of them from archives)" if report.archived else "")
+        + (f"; {report.skipped} seals made before --since: entries not read" if report.skipped else "")
+        + (f"; {len(report.unchecked)} seals not checked (pruned months without archives)" if report.unchecked else "")
+        + f"; {report.unsealed:,} entries not yet sealed"
     )
     if findings:
         click.echo(f"{len(findings)} finding(s); {summary}")

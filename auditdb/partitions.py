@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +13,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from auditdb.archive import LINE_SQL, ArchiveDigest
 from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.errors import AuditDBError
 
 __all__ = [
-    "ArchiveDigest",
     "Partition",
     "Pruned",
     "archive_partition",
@@ -94,7 +93,7 @@ def archive_partition(
     directory: Path,
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[Path, int]:
-    """Write one partition to DIR/<name>.jsonl.gz (every column, one JSON object a line).
+    """Write one partition to DIR/<name>.jsonl.gz (every column, one JSON object a line: auditdb/archive.py).
 
     The file is written under a temporary name and renamed only once complete and its row
     count matches the partition; the archive is then recorded so prune accepts the month.
@@ -104,15 +103,16 @@ def archive_partition(
     partial = directory / f".{name}.jsonl.gz.partial"
     # Through the log itself (an admin reads it, not its partitions), limited to the month's bounds.
     query = sql.SQL(
-        "copy (select to_jsonb(l)::text from auditdb.log l where l.occurred_at >= %s and l.occurred_at < %s "
-        "order by l.id) to stdout"
-    )
+        "copy (select {} from auditdb.log l where l.occurred_at >= %s and l.occurred_at < %s order by l.id) to stdout"
+    ).format(sql.SQL(LINE_SQL))
     count = 0
     digest = ArchiveDigest()
     try:
         with conn.transaction(), gzip.open(partial, "wb") as out:
             conn.execute("set transaction isolation level repeatable read")
             conn.execute("select pg_catalog.set_config('search_path', %s, true)", (SAFE_SEARCH_PATH,))
+            for name_, value in (("timezone", "UTC"), ("datestyle", "ISO, YMD")):
+                conn.execute("select pg_catalog.set_config(%s, %s, true)", (name_, value))
             bounds = conn.execute(
                 "select month_start, month_end from auditdb.partitions() where partition_name = %s", (name,)
             ).fetchone()
@@ -139,35 +139,6 @@ def archive_partition(
             "select auditdb.record_archive(%s, %s, %s, %s)", (name, count, str(target.resolve()), digest.hexdigest())
         )
     return target, count
-
-
-class ArchiveDigest:
-    """The digest auditdb.archive_digest computes: SHA-256 of each run of 10,000 lines, then of those digests.
-
-    The server recomputes it from the partition, so an archive is recorded only by someone who
-    had every byte of it.
-    """
-
-    RUN = 10_000
-
-    def __init__(self) -> None:
-        self._runs = hashlib.sha256()
-        self._run = hashlib.sha256()
-        self._lines = 0
-
-    def add(self, line: bytes) -> None:
-        self._run.update(line)
-        self._lines += 1
-        if self._lines == self.RUN:
-            self._runs.update(self._run.digest())
-            self._run = hashlib.sha256()
-            self._lines = 0
-
-    def hexdigest(self) -> str:
-        total = self._runs.copy()
-        if self._lines:
-            total.update(self._run.digest())
-        return total.hexdigest()
 
 
 def prune(

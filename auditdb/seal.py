@@ -13,9 +13,12 @@ shows as its entries missing); an entry dated before the bound an earlier seal s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import heapq
+import re
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,6 +26,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
+from auditdb.archive import ArchivedMonth, archived_entries, pruned_months
 from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.errors import AuditDBError
 
@@ -55,8 +59,14 @@ SEAL_PREFIX = b"auditdb-seal-v1\n"
 # Types read as the server prints them.
 PRINTED_TYPES = ("int2", "int8", "timestamptz", "inet", "json", "jsonb")
 # The settings the printed texts depend on, as sql/definitions/seal.sql fixes them.
-READ_SETTINGS = {"timezone": "UTC", "datestyle": "ISO, YMD", "search_path": SAFE_SEARCH_PATH}
-FETCH = 5_000
+READ_SETTINGS = {"timezone": "UTC", "datestyle": "ISO, YMD", "search_path": SAFE_SEARCH_PATH, "client_encoding": "UTF8"}
+# Seals read a page at a time; entries a window of consecutive seals at a time (one COPY, in a
+# short transaction of its own), so neither memory nor any transaction grows with the log.
+SEAL_PAGE = 2_000
+WINDOW = 200_000
+# "S<length>:" for the lengths most values have, made once.
+_HEADS = [b"S%d:" % n for n in range(1 << 12)]
+_NULL = b"\\N"  # COPY's text format for null
 
 
 def canonical(values: Iterator[str | None] | tuple[str | None, ...], prefix: bytes) -> bytes:
@@ -94,20 +104,22 @@ def seal_digest(row: dict[str, Any], prev_sha256: bytes | None) -> bytes:
 
 SEALS_SQL = """
 select s.seal_id, s.sealed_at, s.format, s.prev_upto_id, s.upto_id, s.entry_count, s.entries_sha256,
-       s.floor_at, s.prev_sha256, s.seal_sha256
-  from auditdb.seal s order by s.seal_id"""
+       s.floor_at, s.prev_sha256, s.seal_sha256,
+       %(since)s::timestamptz is null or s.sealed_at >= %(since)s as check_entries
+  from auditdb.seal s where s.seal_id > %(after)s order by s.seal_id limit %(page)s"""
 
+# Each entry's values in COPY's text format: as the types print them, in bytes, no row objects.
 ENTRIES_SQL = sql.SQL(
-    "select {}, l.occurred_at < (select max(f.floor_at) from auditdb.seal f where f.seal_id < %s)"
-    " from auditdb.log l where l.id > %s and l.id <= %s order by l.id"
+    "copy (select {} from auditdb.log l where l.id > %s and l.id <= %s order by l.id) to stdout"
 ).format(sql.SQL(", ").join(sql.Identifier("l", c) for c in ENTRY_COLUMNS))
+_OCCURRED_AT = ENTRY_COLUMNS.index("occurred_at")
 
 
 @dataclass(frozen=True)
 class Finding:
     """One thing verify found wrong."""
 
-    kind: str  # seal-missing, seal-altered, chain-broken, entries-altered, backdated, partition-missing
+    kind: str  # seal-missing, seal-altered, chain-broken, entries-altered, backdated, archive-altered
     message: str
 
 
@@ -116,6 +128,12 @@ class Report:
     seals: int = 0
     entries: int = 0
     unsealed: int = 0
+    # seals made before --since: their hashes and the chain checked, not their entries
+    skipped: int = 0
+    # entries read from archives of pruned months
+    archived: int = 0
+    # what could not be checked (pruned months whose archive was not given), one line each
+    unchecked: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     # seal id -> its hash as recomputed here, chained from the first seal
     chain: dict[int, bytes] = field(default_factory=dict)
@@ -174,74 +192,301 @@ def _printed(cur: psycopg.Cursor[Any]) -> None:
         cur.adapters.register_loader(name, TextLoader)
 
 
-def verify(conn: psycopg.Connection[Any], progress: Callable[[int], None] | None = None) -> Report:
-    """Recompute every seal and the entries it covers; what does not match is a finding."""
+_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
+_COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+
+
+def _unescape(value: bytes) -> bytes:
+    """A field of COPY's text format as the value it stands for (COPY TO writes only these escapes)."""
+
+    def one(m: re.Match[bytes]) -> bytes:
+        try:
+            return _COPY_ESCAPES[m.group(1)]
+        except KeyError:
+            raise AuditDBError(f"unexpected escape \\{m.group(1)!r} in the server's COPY output") from None
+
+    return _COPY_ESCAPE.sub(one, value)
+
+
+def field_digest(values: Iterable[bytes | None]) -> bytes:
+    """An entry's digest from its ENTRY_COLUMNS values as printed, in UTF-8 (None: null)."""
+    out = [ENTRY_PREFIX]
+    for v in values:
+        if v is None:
+            out.append(b"N")
+        else:
+            n = len(v)
+            out.append(_HEADS[n] if n < 4096 else b"S%d:" % n)
+            out.append(v)
+    return hashlib.sha256(b"".join(out)).digest()
+
+
+# An entry as verify handles it: id, digest, occurred_at as printed (UTF-8).
+Entry = tuple[int, bytes, bytes]
+
+
+def _live_entries(conn: psycopg.Connection[Any], after: int, upto: int) -> Iterator[Entry]:
+    """The log's entries with after < id <= upto, in id order, from one COPY in a short transaction."""
+    heads, null, sha = _HEADS, _NULL, hashlib.sha256
+    width = len(ENTRY_COLUMNS)
+    with _reading(conn), conn.cursor() as cur, cur.copy(ENTRIES_SQL, (after, upto)) as copy:
+        for data in copy:
+            line = bytes(data)
+            fields = line[:-1].split(b"\t")
+            if len(fields) != width:
+                raise AuditDBError(f"the server sent {len(fields)} fields for an entry, not {width}")
+            if line.count(b"\\") == fields.count(null):
+                # no escapes: every backslash is a null's (the common case, done inline)
+                out = [ENTRY_PREFIX]
+                for v in fields:
+                    if v == null:
+                        out.append(b"N")
+                    else:
+                        n = len(v)
+                        out.append(heads[n] if n < 4096 else b"S%d:" % n)
+                        out.append(v)
+                digest = sha(b"".join(out)).digest()
+                yield int(fields[0]), digest, fields[_OCCURRED_AT]
+            else:
+                values = [None if v == null else _unescape(v) for v in fields]
+                yield int(fields[0]), field_digest(values), values[_OCCURRED_AT] or b""
+
+
+def time_key(printed: str | bytes) -> tuple[Any, ...]:
+    """A key that orders timestamptz values printed in UTC, ISO (BC years, infinity included)."""
+    t = printed.decode() if isinstance(printed, bytes) else printed
+    if t == "infinity":
+        return (3,)
+    if t == "-infinity":
+        return (-3,)
+    bc = t.endswith(" BC")
+    year, _, rest = (t[:-3] if bc else t).partition("-")
+    # After the year, the printed text orders as the time does: fixed-width fields, the fraction's
+    # trailing zeros dropped ('+' sorts before '.' and the digits).
+    return (0, -int(year), rest) if bc else (1, int(year), rest)
+
+
+def _plain(printed: bytes) -> bool:
+    """A time printed as 'YYYY-MM-DD hh:mm:ss[.f]+00' (a four-digit year of our era): its bytes order as it does."""
+    return len(printed) >= 22 and printed[4] == 45 and printed[-3] == 43  # '-' and '+'
+
+
+def _before(ts: bytes, floor: bytes, floor_plain: bool) -> bool:
+    if floor_plain and _plain(ts):
+        return ts < floor
+    return floor != b"-infinity" and time_key(ts) < time_key(floor)
+
+
+@dataclass
+class _Seal:
+    """A seal read for checking, with what the entries of its range add up to."""
+
+    row: dict[str, Any]
+    floor_before: str  # the highest bound the seals before it set ('-infinity' for none)
+    count: int = 0
+    running: Any = field(default_factory=hashlib.sha256)
+    last_id: int | None = None
+    backdated: list[str] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> int:
+        return int(self.row["seal_id"])
+
+    @property
+    def after(self) -> int:
+        return int(self.row["prev_upto_id"])
+
+    @property
+    def upto(self) -> int:
+        return int(self.row["upto_id"])
+
+
+def _seal_pages(conn: psycopg.Connection[Any], since: str | None) -> Iterator[dict[str, Any]]:
+    after = 0
+    while True:
+        with _reading(conn), conn.cursor(row_factory=dict_row) as cur:
+            _printed(cur)
+            page = cur.execute(SEALS_SQL, {"since": since, "after": after, "page": SEAL_PAGE}).fetchall()
+        yield from page
+        if len(page) < SEAL_PAGE:
+            return
+        after = int(page[-1]["seal_id"])
+
+
+def _windows(seals: Iterator[_Seal]) -> Iterator[list[_Seal]]:
+    """Runs of seals whose ranges follow one another, each covering about WINDOW entries at most."""
+    window: list[_Seal] = []
+    entries = 0
+    for s in seals:
+        if window and (s.after != window[-1].upto or entries + int(s.row["entry_count"]) > WINDOW):
+            yield window
+            window, entries = [], 0
+        window.append(s)
+        entries += int(s.row["entry_count"])
+    if window:
+        yield window
+
+
+class _Archives:
+    """The entries of pruned months, from their archives, in id order (verify reads them as it goes)."""
+
+    def __init__(self, months: list[ArchivedMonth]) -> None:
+        self.months = months
+        self._stream = heapq.merge(*(archived_entries(m) for m in months), key=lambda e: e[0])
+        self._next: Entry | None = next(self._stream, None)
+
+    def upto(self, upto: int) -> list[Entry]:
+        """The archived entries with ids up to upto not handed out before."""
+        out = []
+        while self._next is not None and self._next[0] <= upto:
+            out.append(self._next)
+            self._next = next(self._stream, None)
+        return out
+
+
+def _overlaps(s: _Seal, month: ArchivedMonth) -> bool:
+    """Could the seal hold entries of the month? Its entries are dated from its floor to when it was made."""
+    return time_key(s.floor_before) < time_key(month.end) and time_key(s.row["sealed_at"]) >= time_key(month.start)
+
+
+def verify(
+    conn: psycopg.Connection[Any],
+    progress: Callable[[int], None] | None = None,
+    *,
+    since: str | None = None,
+    archive_dir: Path | None = None,
+) -> Report:
+    """Recompute every seal and the entries it covers; what does not match is a finding.
+
+    since: entries of seals made before it are not read (their seals and the chain are still
+    checked). archive_dir: where the archives of months retention dropped are; their entries are
+    read from there in place of the log. A seal that may hold entries of a pruned month whose
+    archive is not there is reported as not checked.
+    """
     report = Report()
     found = report.findings.append
-    with _reading(conn), conn.cursor(row_factory=dict_row) as cur:
-        _printed(cur)
-        seals = cur.execute(SEALS_SQL).fetchall()
+    with _reading(conn):
+        pruned = pruned_months(conn, archive_dir)
+    archives = _Archives([m for m in pruned if m.path is not None])
+    missing = [m for m in pruned if m.path is None]
     expected_id, prev_upto, prev_hash = 1, 0, None
-    for s in seals:
-        report.seals += 1
-        sid, upto, after = int(s["seal_id"]), int(s["upto_id"]), int(s["prev_upto_id"])
-        if sid != expected_id:
-            found(Finding("seal-missing", f"seals {expected_id} to {sid - 1} are missing (removed from auditdb.seal)"))
-        if after != prev_upto:
-            found(
-                Finding(
-                    "chain-broken",
-                    f"seal {sid} starts after entry {after}, but the seal before it ended at {prev_upto}",
+    floor = "-infinity"
+
+    def seals() -> Iterator[_Seal]:
+        """Every seal, its own hash and its place in the chain checked; those whose entries need reading."""
+        nonlocal expected_id, prev_upto, prev_hash, floor
+        for row in _seal_pages(conn, since):
+            report.seals += 1
+            sid, after = int(row["seal_id"]), int(row["prev_upto_id"])
+            if sid != expected_id:
+                found(
+                    Finding("seal-missing", f"seals {expected_id} to {sid - 1} are missing (removed from auditdb.seal)")
                 )
-            )
-        stored_prev = None if s["prev_sha256"] is None else bytes(s["prev_sha256"])
-        if stored_prev != prev_hash:
-            found(Finding("chain-broken", f"seal {sid} does not follow the seal before it (its previous hash differs)"))
-        recomputed = seal_digest(s, stored_prev)
-        if recomputed != bytes(s["seal_sha256"]):
-            found(Finding("seal-altered", f"seal {sid} was altered: its fields do not hash to its recorded hash"))
-        count, running, last_id = 0, hashlib.sha256(), None
-        backdated: list[str] = []
-        repeated: list[str] = []
-        with _reading(conn), conn.cursor(name="auditdb_verify") as cur:
-            _printed(cur)
-            cur.itersize = FETCH
-            cur.execute(ENTRIES_SQL, (sid, after, upto))
-            for row in cur:
-                count += 1
-                running.update(entry_digest(row[:-1]))
-                if row[-1] and len(backdated) < 10:
-                    backdated.append(row[0])
-                if last_id is not None and int(row[0]) <= last_id and len(repeated) < 10:
-                    repeated.append(row[0])
-                last_id = int(row[0])
-        report.entries += count
-        if repeated:
-            found(Finding("entries-altered", f"entry ids {', '.join(repeated)} (seal {sid}) appear more than once"))
-        if backdated:
-            found(
-                Finding(
-                    "backdated",
-                    f"entries {', '.join(backdated)} (seal {sid}) are dated before the bound an earlier seal set: "
-                    "written later than their time says",
+            if after != prev_upto:
+                found(
+                    Finding(
+                        "chain-broken",
+                        f"seal {sid} starts after entry {after}, but the seal before it ended at {prev_upto}",
+                    )
                 )
-            )
-        if count != int(s["entry_count"]) or running.digest() != bytes(s["entries_sha256"]):
-            what = (
-                f"{s['entry_count']} sealed, {count} there now"
-                if count != int(s["entry_count"])
-                else "the same number, different content or order"
-            )
-            found(
-                Finding(
-                    "entries-altered", f"entries {after + 1} to {upto} (seal {sid}) were changed since sealed: {what}"
-                )
-            )
+            stored_prev = None if row["prev_sha256"] is None else bytes(row["prev_sha256"])
+            if stored_prev != prev_hash:
+                found(Finding("chain-broken", f"seal {sid} does not follow the seal before it (wrong previous hash)"))
+            recomputed = seal_digest(row, stored_prev)
+            if recomputed != bytes(row["seal_sha256"]):
+                found(Finding("seal-altered", f"seal {sid} was altered: its fields do not hash to its recorded hash"))
+            report.chain[sid] = seal_digest(row, prev_hash) if stored_prev != prev_hash else recomputed
+            report.seals_last_id = sid
+            s = _Seal(row, floor)
+            expected_id, prev_upto, prev_hash = sid + 1, s.upto, report.chain[sid]
+            if time_key(row["floor_at"]) > time_key(floor):
+                floor = row["floor_at"]
+            if row["check_entries"]:
+                yield s
+            else:
+                report.skipped += 1
+                archives.upto(s.upto)  # archived entries of seals not checked are passed over
+
+    for window in _windows(seals()):
+        _check_window(conn, window, archives, report)
+        for s in window:
+            _finish(s, missing, report)
         if progress is not None:
             progress(report.entries)
-        report.chain[sid] = seal_digest(s, prev_hash) if stored_prev != prev_hash else recomputed
-        expected_id, prev_upto, prev_hash = sid + 1, upto, report.chain[sid]
-        report.seals_last_id = sid
+    archives.upto(2**63)  # the rest of each archive (entries above the last seal), for its digest
+    for m in archives.months:
+        problem = m.problem()
+        if problem:
+            found(Finding("archive-altered", problem))
+    _check_tail(conn, prev_upto, report)
+    return report
+
+
+def _check_window(conn: psycopg.Connection[Any], window: list[_Seal], archives: _Archives, report: Report) -> None:
+    """Read the window's entries (the log's, and archived ones of pruned months) into its seals."""
+    after, upto = window[0].after, window[-1].upto
+    entries: Iterator[Entry] = _live_entries(conn, after, upto)
+    archived = [e for e in archives.upto(upto) if e[0] > after]
+    if archived:
+        report.archived += len(archived)
+        entries = heapq.merge(entries, archived, key=lambda e: e[0])
+    k = 0
+    s = window[0]
+    floor = s.floor_before.encode()
+    floor_plain = _plain(floor)
+    bounded = floor != b"-infinity"
+    for entry_id, digest, ts in entries:
+        if entry_id > s.upto:
+            while entry_id > window[k].upto:
+                k += 1
+            s = window[k]
+            floor = s.floor_before.encode()
+            floor_plain = _plain(floor)
+            bounded = floor != b"-infinity"
+        s.count += 1
+        s.running.update(digest)
+        if s.last_id is not None and entry_id <= s.last_id and len(s.repeated) < 10:
+            s.repeated.append(str(entry_id))
+        s.last_id = entry_id
+        if bounded and _before(ts, floor, floor_plain) and len(s.backdated) < 10:
+            s.backdated.append(str(entry_id))
+
+
+def _finish(s: _Seal, missing: list[ArchivedMonth], report: Report) -> None:
+    found = report.findings.append
+    sid, after, upto = s.id, s.after, s.upto
+    report.entries += s.count
+    if s.repeated:
+        found(Finding("entries-altered", f"entry ids {', '.join(s.repeated)} (seal {sid}) appear more than once"))
+    if s.backdated:
+        found(
+            Finding(
+                "backdated",
+                f"entries {', '.join(s.backdated)} (seal {sid}) are dated before the bound an earlier seal set: "
+                "written later than their time says",
+            )
+        )
+    if s.count == int(s.row["entry_count"]) and s.running.digest() == bytes(s.row["entries_sha256"]):
+        return
+    months = [m.name for m in missing if _overlaps(s, m)]
+    if months and s.count < int(s.row["entry_count"]):
+        report.unchecked.append(
+            f"seal {sid} (entries {after + 1} to {upto}) holds entries of {', '.join(months)}, pruned: "
+            "give its archive (--archive-dir) to check them"
+        )
+        return
+    what = (
+        f"{s.row['entry_count']} sealed, {s.count} there now"
+        if s.count != int(s.row["entry_count"])
+        else "the same number, different content or order"
+    )
+    found(Finding("entries-altered", f"entries {after + 1} to {upto} (seal {sid}) were changed since sealed: {what}"))
+
+
+def _check_tail(conn: psycopg.Connection[Any], prev_upto: int, report: Report) -> None:
+    """Entries above the last seal: not sealed yet, but none may be dated before its bound."""
+    found = report.findings.append
     with _reading(conn):
         tail = conn.execute(
             """select count(*) filter (where l.id > %s),
@@ -263,4 +508,3 @@ def verify(conn: psycopg.Connection[Any], progress: Callable[[int], None] | None
             )
         if tail[2]:
             found(Finding("entries-altered", f"{tail[2]} entries have no id or one below 1: no seal can cover them"))
-    return report

@@ -110,7 +110,8 @@ $$;
 comment on function auditdb.partitions() is 'auditdb: the monthly partitions of auditdb.log';
 
 -- The digest of a partition's archive as `partitions prune --export-dir` writes it: one line per
--- entry (to_jsonb of the row, then a newline, UTF-8), in id order; the SHA-256 of each run of
+-- entry (to_jsonb of the row with occurred_at as timestamptz prints it in UTC, then a newline,
+-- UTF-8; auditdb/archive.py), in id order; the SHA-256 of each run of
 -- 10,000 lines, then the SHA-256 of those digests one after another (hex). A reader who has every
 -- byte of the archive can compute it; nobody else can (this function is executable by no role).
 -- definer: reads one partition of auditdb.log named by a checked argument (log_YYYY_MM).
@@ -119,6 +120,8 @@ language plpgsql
 stable
 security definer
 set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set datestyle = 'ISO, YMD'
 as $$
 begin
     if partition_name !~ '^log_[0-9]{4}_[0-9]{2}$' or to_regclass(format('auditdb.%I', partition_name)) is null then
@@ -128,7 +131,7 @@ begin
     return query execute format($q$
         select coalesce(sum(c.n), 0)::bigint, encode(sha256(coalesce(string_agg(c.h, ''::bytea order by c.g), ''::bytea)), 'hex')
           from (select s.g, count(*) as n, sha256(string_agg(convert_to(s.line || E'\n', 'UTF8'), ''::bytea order by s.id)) as h
-                  from (select l.id, to_jsonb(l)::text as line, (row_number() over (order by l.id) - 1) / 10000 as g
+                  from (select l.id, (to_jsonb(l) || jsonb_build_object('occurred_at', pg_catalog.format('%%s', l.occurred_at)))::text as line, (row_number() over (order by l.id) - 1) / 10000 as g
                           from auditdb.%I l) s
                  group by s.g) c$q$, partition_name);
 end

@@ -1,0 +1,198 @@
+"""Seals across retention: pruned months verify against their archives; verify reads in windows.
+
+Also what verify's fast reading path must agree on with the server: values COPY escapes, times
+of every era, and jsonb as the archive prints it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from auditdb import seal as seal_module
+from auditdb.archive import ArchivedMonth, archived_entries
+from auditdb.cli import cli
+from auditdb.partitions import archive_partition
+from auditdb.seal import _live_entries, seal, time_key, verify
+from tests.fix_db import scalar
+from tests.test_partitions import _past_partition
+from tests.test_seal import _as_superuser_unguarded
+
+TRICKY_METADATA = [
+    '{"n": 0.0000001, "m": 10.00, "big": 123456789012345678901234567890.5, "neg": -0, "e": 1e3}',
+    '{"s": "tab\\there, newline\\n, quote \\" and back \\\\ slash, bell \\u0007, é 😀", "a": [true, false, null, []]}',
+    '{"": {}, "nested": {"deep": [{"x": "y"}, 1.50]}, "long key with spaces": "v"}',
+]
+
+
+def _seal_all(conn: psycopg.Connection[Any]) -> None:
+    seal(conn)
+    seal(conn)
+
+
+def _write_tricky(conn: psycopg.Connection[Any], occurred_at: Any) -> None:
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        for n, metadata in enumerate(TRICKY_METADATA):
+            conn.execute(
+                """insert into auditdb.log (occurred_at, action, entity_type, entity_id, entity_name, ip, changes,
+                                            metadata)
+                   values (%s::timestamptz + make_interval(secs => %s + 0.25), 'UPDATE', 'Thing', %s,
+                           E'a\\tb\\nc\\\\d\\re', %s, %s, %s)""",
+                (
+                    occurred_at,
+                    n,
+                    f"id-{n}",
+                    ["2001:db8::1", "10.1.2.0/24", "203.0.113.7"][n],
+                    '{"title": {"old": "x\\\\y", "new": 2.50}}',
+                    metadata,
+                ),
+            )
+
+
+def _server_digests(conn: psycopg.Connection[Any]) -> dict[int, bytes]:
+    with conn.transaction():
+        conn.execute("set local timezone = 'Asia/Kolkata'")  # entry_digest fixes its own
+        return {r[0]: bytes(r[1]) for r in conn.execute("select l.id, auditdb.entry_digest(l) from auditdb.log l")}
+
+
+def test_verify_reads_escaped_values_like_the_server(conn: psycopg.Connection[Any]) -> None:
+    _write_tricky(conn, scalar(conn, "select now()"))
+    expected = _server_digests(conn)
+    got = {entry_id: digest for entry_id, digest, _ in _live_entries(conn, 0, 10**9)}
+    assert got == expected
+
+
+def test_an_archive_holds_every_value_as_sealed(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    name = _past_partition(conn, 2, rows=3)
+    start = scalar(conn, "select auditdb.month_start(-2)")
+    _write_tricky(conn, start)
+    expected = _server_digests(conn)
+    path, rows = archive_partition(conn, name, tmp_path)
+    assert rows == 6
+    month = ArchivedMonth(name, "", "", rows, None, path)
+    got = {entry_id: digest for entry_id, digest, _ in archived_entries(month)}
+    assert got == expected
+    with gzip.open(path, "rt") as f:  # still a row of the log, as jsonb_populate_record reads it
+        line = f.readline()
+    back = conn.execute(
+        """select r = l from jsonb_populate_record(null::auditdb.log, %s::jsonb) r
+             join auditdb.log l on l.id = r.id""",
+        (line,),
+    ).fetchone()
+    assert back == (True,), line
+
+
+def test_times_order_across_eras() -> None:
+    printed = [
+        "-infinity",
+        "4713-01-01 00:00:00+00 BC",
+        "0044-03-15 12:00:00+00 BC",
+        "0001-12-31 23:59:59.999999+00 BC",
+        "0001-01-01 00:00:00+00",
+        "2026-11-30 05:40:12+00",
+        "2026-11-30 05:40:12.000001+00",
+        "2026-11-30 05:40:12.1+00",
+        "2026-11-30 05:40:12.5+00",
+        "9999-12-31 23:59:59+00",
+        "10000-01-01 00:00:00+00",
+        "infinity",
+    ]
+    assert sorted(printed, key=time_key) == printed
+
+
+def _pruned_setup(conn: psycopg.Connection[Any], tmp_path: Path) -> tuple[str, list[int]]:
+    """Entries in two past months and this one, sealed; the older month pruned with its archive."""
+    old = _past_partition(conn, 3, rows=40)
+    kept = _past_partition(conn, 2, rows=15)
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
+            "from generate_series(1, 10) g"
+        )
+    _seal_all(conn)
+    with conn.transaction():  # a later seal, after the bound the first one set
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGOUT', 'User', g::text "
+            "from generate_series(1, 10) g"
+        )
+    _seal_all(conn)
+    assert verify(conn).ok
+    result = CliRunner().invoke(
+        cli, ["--dsn", conn.info.dsn, "partitions", "prune", "--older-than", "2", "--export-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0 and f"dropped auditdb.{old}" in result.output, result.output
+    assert kept in {r[0] for r in conn.execute("select partition_name from auditdb.partitions()")}
+    later = [r[0] for r in conn.execute("select id from auditdb.log where action = 'LOGOUT' order by id")]
+    return old, later
+
+
+def test_pruned_months_verify_against_their_archives(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    old, _ = _pruned_setup(conn, tmp_path)
+    runner = CliRunner()
+    without = runner.invoke(cli, ["--dsn", conn.info.dsn, "verify"])
+    assert without.exit_code == 0, without.output
+    assert "NOT CHECKED  seal 1 " in without.output and old in without.output, without.output
+    assert "1 seals not checked (pruned months without archives)" in without.output
+    archives = runner.invoke(cli, ["--dsn", conn.info.dsn, "verify", "--archive-dir", str(tmp_path)])
+    assert archives.exit_code == 0, archives.output
+    assert "NOT CHECKED" not in archives.output and "(40 of them from archives)" in archives.output, archives.output
+
+
+def test_an_altered_archive_is_found(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    old, _ = _pruned_setup(conn, tmp_path)
+    path = tmp_path / f"{old}.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        lines = f.readlines()
+    entry = json.loads(lines[5])
+    entry["entity_id"] = "someone else"
+    lines[5] = json.dumps(entry) + "\n"
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines)
+    result = CliRunner().invoke(cli, ["--dsn", conn.info.dsn, "verify", "--archive-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "FOUND  entries 1 to" in result.output and "(seal 1) were changed" in result.output
+    assert f"is not the one recorded when {old} was pruned" in result.output
+
+
+def test_a_deletion_outside_the_pruned_months_is_found_without_their_archives(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    _, later = _pruned_setup(conn, tmp_path)
+    partition = scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (later[3],))
+    _as_superuser_unguarded(conn, partition, "delete from {t} where id = %s", (later[3],))
+    found = [f.message for f in verify(conn).findings]
+    assert any("(seal 2) were changed since sealed: 10 sealed, 9 there now" in f for f in found), found
+
+
+def test_verify_reads_many_seals_in_windows(conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seals read a page at a time and entries a window at a time: edits are still found in each."""
+    monkeypatch.setattr(seal_module, "SEAL_PAGE", 3)
+    monkeypatch.setattr(seal_module, "WINDOW", 25)
+    for _ in range(7):
+        with conn.transaction():
+            conn.execute("set local role auditdb_owner")
+            conn.execute(
+                "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
+                "from generate_series(1, 10) g"
+            )
+        _seal_all(conn)
+    seen: list[int] = []
+    report = verify(conn, seen.append)
+    assert report.ok and report.seals == 7 and report.entries == 70, report
+    assert len(seen) >= 3  # progress after each window
+    target = scalar(conn, "select id from auditdb.log order by id offset 44 limit 1")
+    partition = scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (target,))
+    _as_superuser_unguarded(conn, partition, "update {t} set entity_id = 'x' where id = %s", (target,))
+    found = [f.message for f in verify(conn).findings]
+    assert len(found) == 1 and "(seal 5) were changed" in found[0], found
+    since = verify(conn, since="2999-01-01T00:00:00+00:00")
+    assert since.ok and since.skipped == 7 and since.entries == 0
