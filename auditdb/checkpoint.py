@@ -23,7 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from auditdb.errors import AuditDBError
 from auditdb.seal import Report
 
-__all__ = ["check_checkpoint", "generate_key", "make_checkpoint", "read_checkpoint"]
+__all__ = [
+    "check_checkpoint",
+    "check_signature",
+    "generate_key",
+    "load_private_key",
+    "make_checkpoint",
+    "read_checkpoint",
+    "sign",
+]
 
 FORMAT = "auditdb-checkpoint-1"
 
@@ -54,14 +62,48 @@ def _raw_public(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw).decode()
 
 
-def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, Any]:
-    """The newest seal, signed with the private key at key_path."""
+def load_private_key(key_path: Path) -> Ed25519PrivateKey:
+    """The operator's Ed25519 private key (PEM, no password)."""
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:  # TypeError: a key that needs a password
         raise AuditDBError(f"cannot read the private key {key_path}: {e}") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise AuditDBError(f"{key_path} is not an Ed25519 private key")
+    return key
+
+
+def sign(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The document with public_key and a signature over the rest (its JSON, sorted keys, no spaces)."""
+    signed = {k: v for k, v in document.items() if k != "signature"}
+    signed["public_key"] = _raw_public(key.public_key())
+    signed["signature"] = base64.b64encode(key.sign(_payload(signed))).decode()
+    return signed
+
+
+def check_signature(document: dict[str, Any], path: Path | str, public_key: Path | None) -> None:
+    """Raise AuditDBError unless the document's signature checks (with public_key when given, which it must name)."""
+    try:
+        embedded = Ed25519PublicKey.from_public_bytes(base64.b64decode(document["public_key"]))
+        signature = base64.b64decode(document["signature"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise AuditDBError(f"{path} carries no readable signature ({e})") from e
+    if public_key is not None:
+        try:
+            pinned = serialization.load_pem_public_key(public_key.read_bytes())
+        except ValueError as e:
+            raise AuditDBError(f"{public_key} is not a PEM public key") from e
+        if not isinstance(pinned, Ed25519PublicKey) or _raw_public(pinned) != document["public_key"]:
+            raise AuditDBError(f"{path} was not signed with the key in {public_key}")
+    try:
+        embedded.verify(signature, _payload(document))
+    except InvalidSignature:
+        raise AuditDBError(f"{path}: the signature does not match its contents (the file was altered)") from None
+
+
+def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, Any]:
+    """The newest seal, signed with the private key at key_path."""
+    key = load_private_key(key_path)
     row = conn.execute(
         """select current_database(), s.seal_id, s.upto_id, encode(s.seal_sha256, 'hex'),
                   to_char(s.sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
@@ -77,10 +119,8 @@ def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, 
         "seal_sha256": row[3],
         "sealed_at": row[4],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "public_key": _raw_public(key.public_key()),
     }
-    checkpoint["signature"] = base64.b64encode(key.sign(_payload(checkpoint))).decode()
-    return checkpoint
+    return sign(checkpoint, key)
 
 
 def read_checkpoint(path: Path, public_key: Path | None) -> dict[str, Any]:
@@ -89,21 +129,9 @@ def read_checkpoint(path: Path, public_key: Path | None) -> dict[str, Any]:
         checkpoint = json.loads(path.read_text())
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
             raise ValueError(f"not {FORMAT}")
-        embedded = Ed25519PublicKey.from_public_bytes(base64.b64decode(checkpoint["public_key"]))
-        signature = base64.b64decode(checkpoint["signature"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise AuditDBError(f"{path} is not an auditdb checkpoint ({e or 'wrong format'})") from e
-    if public_key is not None:
-        try:
-            pinned = serialization.load_pem_public_key(public_key.read_bytes())
-        except ValueError as e:
-            raise AuditDBError(f"{public_key} is not a PEM public key") from e
-        if not isinstance(pinned, Ed25519PublicKey) or _raw_public(pinned) != checkpoint["public_key"]:
-            raise AuditDBError(f"{path} was not signed with the key in {public_key}")
-    try:
-        embedded.verify(signature, _payload(checkpoint))
-    except InvalidSignature:
-        raise AuditDBError(f"{path}: the signature does not match its contents (the file was altered)") from None
+    check_signature(checkpoint, path, public_key)
     return checkpoint
 
 

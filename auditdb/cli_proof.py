@@ -1,4 +1,4 @@
-"""The proof commands of the CLI: seal, verify, checkpoint."""
+"""The proof commands of the CLI: seal, verify, checkpoint, verify-export."""
 
 from __future__ import annotations
 
@@ -134,8 +134,9 @@ def verify_cmd(
     "--key",
     "key_path",
     required=True,
+    envvar="AUDITDB_SIGNING_KEY",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The operator's Ed25519 private key (PEM), kept outside the database.",
+    help="The operator's Ed25519 private key (PEM), kept outside the database (default $AUDITDB_SIGNING_KEY).",
 )
 @click.option("--generate-key", is_flag=True, help="Create --key (and KEY.pub) first; refuses to overwrite one.")
 @click.option("--output", "-o", default="-", show_default=True, help="Where to write the checkpoint (- for stdout).")
@@ -158,4 +159,48 @@ def checkpoint_cmd(ctx: click.Context, key_path: Path, generate_key: bool, outpu
         click.echo(f"checkpoint at seal {checkpoint['seal_id']} written to {output}", err=True)
 
 
-COMMANDS = (seal_cmd, verify_cmd, checkpoint_cmd)
+@click.command(name="verify-export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The export's manifest (default: FILE.manifest.json).",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The operator's public key (PEM): the manifest must be signed with it.",
+)
+def verify_export_cmd(file: Path, manifest_path: Path | None, public_key: Path | None) -> None:
+    """Check an export file against its manifest: size, sha256, rows, and the signature.
+
+    Needs no database. Exit 0: the file is the export as written (and signed with --public-key's
+    key when given). Exit 1: what differs, each on its own line. Exit 3: a file could not be read.
+    A signed manifest checked without --public-key proves only that it is intact, not who signed it.
+    """
+    from auditdb.manifest import describe, verify_export
+
+    where = manifest_path or file.with_name(file.name + ".manifest.json")
+    try:
+        manifest, problems = verify_export(file, where, public_key)
+    except AuditDBError as e:
+        click.echo(f"Error: could not verify the export: {e}", err=True)
+        sys.exit(3)
+    for line in problems:
+        click.echo(f"FOUND  {line}")
+    if problems:
+        click.echo(f"{len(problems)} finding(s): {file} is not the export its manifest describes")
+        sys.exit(1)
+    if "signature" in manifest:
+        who = (
+            "signed with the key in " + str(public_key)
+            if public_key
+            else "signature intact, signer not checked (give --public-key)"
+        )
+    else:
+        who = "not signed"
+    click.echo(f"ok: {describe(manifest)}; {who}")
+
+
+COMMANDS = (seal_cmd, verify_cmd, checkpoint_cmd, verify_export_cmd)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import click
@@ -301,15 +302,39 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
     envvar="AUDITDB_ACTOR",
     help="Who exports (logged as actor_id; default $AUDITDB_ACTOR, else the database user).",
 )
+@click.option(
+    "--manifest",
+    metavar="FILE",
+    help="Where to write the manifest (rows, sha256, sealed range). Default: OUTPUT.manifest.json beside a "
+    "regular file; none for stdout or a device unless given.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    envvar="AUDITDB_SIGNING_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sign the manifest with this Ed25519 private key (PEM; default $AUDITDB_SIGNING_KEY).",
+)
 @click.pass_context
-def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, **kwargs: Any) -> None:
+def export_cmd(
+    ctx: click.Context,
+    /,
+    output: str,
+    fmt: str,
+    actor: str | None,
+    manifest: str | None,
+    key_path: Path | None,
+    **kwargs: Any,
+) -> None:
     """Stream matching entries to a file, newest first, with constant memory; log DATA_EXPORTED.
 
     csv: the SPEC's header and columns, UTC ISO-8601 times, cells a spreadsheet would run as
     formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A regular file
     is written under a temporary name beside it and renamed when complete (a failed export leaves
     no file under the target name); devices, FIFOs and stdout are written in place. An export
-    that fails part-way is still logged, with complete false and the rows sent.
+    that fails part-way is still logged, with complete false and the rows sent. A manifest
+    (`auditdb verify-export` checks the file against it) is written beside a regular file, or
+    to --manifest.
     """
     from auditdb.export import export
 
@@ -323,11 +348,14 @@ def export_cmd(ctx: click.Context, /, output: str, fmt: str, actor: str | None, 
             click.echo(f"\r  {rows:,} rows…", nl=False, err=True)
 
     with _reading(ctx) as conn, _printing(ctx, output):
-        rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress)
+        rows = export(conn, filters, output, fmt=fmt, actor=actor, progress=progress, manifest=manifest, key=key_path)
     if show_progress:
         click.echo("", err=True)
     if not is_stdout(output):
         click.echo(f"exported {rows} entries to {safe(output)} ({fmt}); logged as DATA_EXPORTED", err=True)
+    where = manifest or (output + ".manifest.json" if Path(output).is_file() else None)
+    if where:
+        click.echo(f"manifest: {safe(where)}" + (" (signed)" if key_path else ""), err=True)
 
 
 # Registered by auditdb.cli, which gives each its global options.

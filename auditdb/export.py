@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from auditdb.checkpoint import load_private_key
 from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.errors import AuditDBError
-from auditdb.output import Target
+from auditdb.manifest import write_manifest
+from auditdb.output import Target, is_stdout
 from auditdb.query import COLUMNS, Filters, JsonText, where_clause
 
 __all__ = ["CSV_HEADER", "csv_lines", "entries_json", "export", "neutralise"]
@@ -200,8 +205,14 @@ def export(
     fmt: str = "csv",
     actor: str | None = None,
     progress: Callable[[int], None] | None = None,
+    manifest: str | None = None,
+    key: Path | None = None,
 ) -> int:
     """Stream matching entries to output (a path, or - for stdout); log DATA_EXPORTED; return the row count.
+
+    A manifest (auditdb/manifest.py) goes to `manifest`, else beside a regular file
+    (OUTPUT.manifest.json), signed with the Ed25519 private key at `key` when given; stdout and
+    devices get one only when `manifest` names where.
 
     COPY streams from the server, so memory stays flat however many rows: the server builds the
     finished cells (CSV) or the pieces of each line (JSONL), and Python only moves bytes, a
@@ -213,8 +224,21 @@ def export(
     where, params = where_clause(filters)
     copy_sql = sql.SQL("copy ({}) to stdout {}").format(_select(conn, fmt, where), sql.SQL(_COPY_OPTIONS[fmt]))
     finish = _keep if fmt == "csv" else _join_jsonl
+    if key is not None:
+        load_private_key(key)  # a key that cannot sign is refused before anything is written
     out = Target(output)  # before the transaction: a FIFO waits here for its reader
+    manifest_path = manifest or (output + ".manifest.json" if out.replaces_file else None)
+    written = hashlib.sha256()
+    size = 0
+
+    def write(data: bytes | bytearray) -> None:
+        nonlocal size
+        written.update(data)
+        size += len(data)
+        out.write(data)
+
     rows = 0
+    held: dict[str, Any] = {}
     failure: BaseException | None = None
     try:
         # One snapshot for what is streamed and for the server's count of it (auditdb.log_export).
@@ -226,7 +250,7 @@ def export(
                     if fmt == "csv":
                         buf = io.StringIO()
                         csv.writer(buf, lineterminator="\n").writerow(CSV_HEADER)
-                        out.write(buf.getvalue().encode())
+                        write(buf.getvalue().encode())
                     with conn.cursor() as cur, cur.copy(copy_sql, params) as copy:
                         chunk = bytearray()
                         reported = 0
@@ -234,15 +258,17 @@ def export(
                         for count, row in enumerate(copy, 1):
                             chunk += row
                             if len(chunk) >= _CHUNK:
-                                out.write(finish(chunk))
+                                write(finish(chunk))
                                 rows = count
                                 chunk.clear()
                                 if progress and count - reported >= _PROGRESS_EVERY:
                                     reported = count
                                     progress(count)
-                        out.write(finish(chunk))
+                        write(finish(chunk))
                         rows = cur.rowcount
                     out.finish()
+                    if manifest_path is not None:
+                        held = _held(conn, where, params)
             except (OSError, psycopg.Error, KeyboardInterrupt) as e:
                 failure = e
             email = actor if actor and "@" in actor else None
@@ -263,4 +289,50 @@ def export(
         out.place()
     finally:
         out.discard()
+    if manifest_path is not None:
+        write_manifest(
+            manifest_path,
+            {
+                "file": "-" if is_stdout(output) else os.path.basename(output),
+                "export_format": fmt,
+                "filters": filters.describe(),
+                "rows": rows,
+                "bytes": size,
+                "sha256": written.hexdigest(),
+                "database": conn.info.dbname,
+                "exported_by": actor or conn.info.user,
+                **held,
+            },
+            key,
+        )
     return rows
+
+
+def _held(conn: psycopg.Connection[Any], where: sql.Composable, params: list[Any]) -> dict[str, Any]:
+    """Which entries the export holds and the newest seal, in the export's snapshot (for its manifest)."""
+    seals = conn.execute("select has_table_privilege('auditdb.seal', 'select')").fetchone()
+    if not (seals and seals[0]):
+        query = sql.SQL(
+            "select count(*), min(l.id), max(l.id), null, null, null, null from auditdb.log l where {}"
+        ).format(where)
+    else:
+        query = sql.SQL(
+            "with s as (select seal_id, upto_id, seal_sha256 from auditdb.seal order by seal_id desc limit 1) "
+            "select count(*), min(l.id), max(l.id), (select seal_id from s), (select upto_id from s), "
+            "(select encode(seal_sha256, 'hex') from s), count(*) filter (where l.id <= (select upto_id from s)) "
+            "from auditdb.log l where {}"
+        ).format(where)
+    row = conn.execute(query, params).fetchone()
+    count, low, high, seal_id, upto, digest, covered = row if row else (0, None, None, None, None, None, None)
+    held: dict[str, Any] = {"ids": {"lowest": low, "highest": high}}
+    if seal_id is not None:
+        held["sealed"] = {
+            "seal_id": seal_id,
+            "upto_id": upto,
+            "seal_sha256": digest,
+            "entries_sealed": covered,
+            "entries_not_sealed": int(count or 0) - int(covered or 0),
+        }
+    else:
+        held["sealed"] = None  # no seal yet, or a reader who may not see them
+    return held

@@ -98,6 +98,11 @@ class Target:
         if st is not None:
             os.fchmod(self._fd, st.st_mode & 0o777)
 
+    @property
+    def replaces_file(self) -> bool:
+        """Whether this is a regular file, written under a temporary name and renamed onto its own."""
+        return bool(self._final)
+
     def write(self, data: bytes | bytearray) -> None:
         """Write all of data (to stdout: flushed, so a closed pipe shows at once)."""
         try:
