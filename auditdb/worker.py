@@ -120,13 +120,20 @@ class Worker:
             if once:
                 return True
             if not self.listen:
-                self._wait(conn, self.poll_interval)
+                self._wait(conn, self._poll_wait())
             elif found:
                 self._wait(conn, LINGER_SECONDS, notified=False)
             else:
                 self._sleep_listening(conn)
         self._beat(conn, force=True)
         return True
+
+    def _poll_wait(self) -> float:
+        """The poll interval, shortened so that sealing keeps its pace (a long --poll-interval included)."""
+        if not self._sealing:
+            return self.poll_interval
+        due = SEAL_SECONDS - (time.monotonic() - self._last_seal)
+        return max(0.05, min(self.poll_interval, due))
 
     def _hold_wakeup(self, conn: psycopg.Connection[Any]) -> str:
         """Try to take the wake-up lock: 'held', 'worker' (another has it) or 'busy' (an emitter)."""
@@ -138,10 +145,10 @@ class Worker:
         if state == "held":
             # (A lost connection takes its session lock with it.)
             if self._drain(conn) == 0:  # events of emitters that ended while we took the lock
-                self._wait(conn, self.poll_interval)
+                self._wait(conn, self._poll_wait())
             conn.execute("select auditdb.wakeup_release()")
         elif state == "worker":
-            self._wait(conn, min(self.poll_interval, HOLDER_RETRY_SECONDS))
+            self._wait(conn, min(self._poll_wait(), HOLDER_RETRY_SECONDS))
         else:
             self._wait(conn, RETRY_SECONDS)  # an emitting transaction that skipped NOTIFY is still open
 

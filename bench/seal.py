@@ -6,7 +6,7 @@ captured changes with set-based SQL, seals them all (as the worker does, in seal
 
     python bench/seal.py [--server system-15] [--rows 1000000] [--output bench/SEAL.md]
 
-Not measured here yet (issue 17): the seal lag while bench/capture.py's workloads run.
+The seal lag while bench/capture.py's workloads run: bench/seal_lag.py.
 """
 
 from __future__ import annotations

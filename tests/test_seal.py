@@ -8,6 +8,8 @@ a partition, alter or remove a seal, rewrite the whole chain (caught by an older
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +365,25 @@ def test_the_application_role_can_neither_seal_nor_read_or_write_seals(
     _write(conn, 3)
     _seal_all(conn)
     assert _findings(conn) == []
+
+
+def test_the_worker_seals_at_its_pace_whatever_its_poll_interval(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """An entry is sealed within about two sealing rounds (5 s each), with a poll interval of a minute too."""
+    from auditdb.worker import Worker
+
+    worker = Worker(dsn, poll_interval=60.0)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        _write(conn, 5)
+        written = time.monotonic()
+        while time.monotonic() - written < 20 and not scalar(conn, "select count(*) from auditdb.seal"):
+            time.sleep(0.2)
+        assert scalar(conn, "select coalesce(max(upto_id), 0) from auditdb.seal") >= scalar(
+            conn, "select max(id) from auditdb.log"
+        )
+        assert time.monotonic() - written < 15
+    finally:
+        worker.stop()
+        thread.join(30)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,47 @@ def test_verify_reads_many_seals_in_windows(conn: psycopg.Connection[Any], monke
     assert len(found) == 1 and "(seal 5) were changed" in found[0], found
     since = verify(conn, since="2999-01-01T00:00:00+00:00")
     assert since.ok and since.skipped == 7 and since.entries == 0
+
+
+def test_a_dump_restored_into_another_database_still_verifies(
+    conn: psycopg.Connection[Any], pg_server: Any, dsn: str, dbname: str, tmp_path: Path
+) -> None:
+    """Canonical form 1 depends on values only: pg_dump and pg_restore keep every seal verifying."""
+    _write_tricky(conn, scalar(conn, "select now()"))
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
+            "from generate_series(1, 500) g"
+        )
+    _seal_all(conn)
+    before = verify(conn)
+    assert before.ok and before.entries == 503
+    bindir = Path(pg_server.local.bindir) if pg_server.local else None
+    if bindir is None:
+        pytest.skip("needs pg_dump beside the server")
+    dump = tmp_path / "audit.dump"
+    subprocess.run([str(bindir / "pg_dump"), "-Fc", "-f", str(dump), "-d", dsn], check=True, capture_output=True)
+    restored = f"{dbname}_restored"
+    conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(restored)))
+    try:
+        out = subprocess.run(
+            [str(bindir / "pg_restore"), "--exit-on-error", "-d", pg_server.dsn(restored), str(dump)],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        with psycopg.connect(pg_server.dsn(restored), autocommit=True) as other:
+            after = verify(other)
+            assert after.ok, after.findings
+            assert after.entries == 503 and after.chain == before.chain
+            with other.transaction():  # and sealing goes on there
+                other.execute("set local role auditdb_owner")
+                other.execute("insert into auditdb.log (action, entity_type) values ('LOGOUT', 'User')")
+            _seal_all(other)
+            again = verify(other)
+            assert again.ok and again.seals == before.seals + 1 and again.unsealed == 0, again
+    finally:
+        conn.execute(
+            psycopg.sql.SQL("drop database if exists {} with (force)").format(psycopg.sql.Identifier(restored))
+        )
