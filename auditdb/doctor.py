@@ -54,18 +54,25 @@ def _seal_check(conn: psycopg.Connection[Any]) -> Check:
     holders = [
         f"pid {pid} ({state or 'unknown state'} since {since:%Y-%m-%d %H:%M:%S}, {app or 'no application name'})"
         for pid, state, since, app in conn.execute(
-            """select a.pid, a.state, a.xact_start, a.application_name
+            # The sessions of the transactions the next seal waits for: they took log ids.
+            """select distinct a.pid, a.state, a.xact_start, a.application_name
                  from auditdb.seal_status() st, pg_catalog.pg_locks k
                  join pg_catalog.pg_stat_activity a on a.pid = k.pid
-                where k.locktype = 'virtualxid' and k.virtualxid = any(st.waiting_for) and a.xact_start is not null
+                where k.virtualtransaction = any(st.waiting_for) and a.xact_start is not null
                 order by a.xact_start limit 5"""
         )
     ]
     holders += [
         f"prepared transaction {gid!r} (since {prepared:%Y-%m-%d %H:%M:%S})"
         for gid, prepared in conn.execute(
-            # Any prepared transaction holds sealing back until it is committed or rolled back.
-            "select p.gid, p.prepared from pg_catalog.pg_prepared_xacts p order by p.prepared limit 5"
+            # A prepared transaction that took log ids holds sealing back until it is committed or
+            # rolled back (its locks show no session; name this database's prepared transactions).
+            """select p.gid, p.prepared from pg_catalog.pg_prepared_xacts p
+                where p.database = current_database()
+                  and exists (select from pg_catalog.pg_locks k
+                               where k.pid is null and k.locktype = 'relation'
+                                 and k.relation = 'auditdb.log_id_seq'::regclass)
+                order by p.prepared limit 5"""
         )
     ]
     where = f"sealed up to entry {upto} (seal {seal_id}, {age} s ago)" if seal_id else "no seal yet"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from auditdb.embedded import LocalServer, find_bindirs
+from auditdb.embedded import DISPOSABLE_SETTINGS, LocalServer, find_bindirs
 
 
 @dataclass
@@ -62,7 +62,9 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[Server]:
             major,
         )
         return
-    local = LocalServer(find_bindirs()[key]).start()
+    # Prepared transactions on, so that sealing can be tested against them.
+    settings = {**DISPOSABLE_SETTINGS, "max_prepared_transactions": "10"}
+    local = LocalServer(find_bindirs()[key], settings=settings).start()
     try:
         yield Server(key, "127.0.0.1", local.port, local.superuser, local.major, local)
     finally:

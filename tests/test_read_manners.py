@@ -171,7 +171,15 @@ def test_export_through_a_symlink_writes_its_target(conn: psycopg.Connection[Any
     dangling.symlink_to("data/later.csv")
     assert _cli(dsn, "export", "--action", "UPDATE", "-o", str(dangling)).returncode == 0
     assert dangling.is_symlink() and (tmp_path / "data" / "later.csv").read_text() == real.read_text()
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "later.csv", "link.csv", "new.csv", "real.csv"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        "data",
+        "later.csv",
+        "link.csv",
+        "link.csv.manifest.json",  # beside the name given (auditdb verify-export link.csv)
+        "new.csv",
+        "new.csv.manifest.json",
+        "real.csv",
+    ]
 
 
 def test_a_regular_file_is_replaced_atomically_and_kept_on_failure(
@@ -196,7 +204,7 @@ def test_a_regular_file_is_replaced_atomically_and_kept_on_failure(
     with pytest.raises(KeyboardInterrupt):
         export(conn, Filters(actions=("UPDATE",)), str(out), progress=interrupt)
     assert out.read_bytes() == done
-    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.csv.manifest.json"]  # the first export's
     assert _exports(conn)[-1] == {
         "rows": 300,
         "format": "csv",

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditdb.cli import cli
+from auditdb.doctor import _seal_check
 from auditdb.seal import ENTRY_COLUMNS, _printed, _reading, entry_digest, seal, verify
 from tests.fix_db import scalar
 
@@ -139,6 +140,44 @@ def test_sealing_waits_for_a_transaction_that_holds_an_earlier_id(conn: psycopg.
     assert _findings(conn) == []
     covered = scalar(conn, "select count(*) from auditdb.log l where l.id <= (select max(upto_id) from auditdb.seal)")
     assert covered == scalar(conn, "select sum(entry_count) from auditdb.seal")
+
+
+def test_a_session_that_took_no_log_id_does_not_hold_sealing_back(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """Idle in transaction, with a transaction id, or a prepared transaction that wrote elsewhere: sealing goes on."""
+    conn.execute("create table public.elsewhere (x int)")
+    with psycopg.connect(dsn) as idle, psycopg.connect(dsn, autocommit=True) as prepared:
+        idle.execute("insert into public.elsewhere values (1)")  # a transaction id, left open
+        prepared.execute("begin")
+        prepared.execute("insert into public.elsewhere values (2)")
+        prepared.execute("prepare transaction 'auditdb_test_elsewhere'")
+        try:
+            _write(conn, 5)
+            assert seal(conn) == 0  # notes the range
+            assert seal(conn) == 5
+            assert _findings(conn) == []
+        finally:
+            prepared.execute("rollback prepared 'auditdb_test_elsewhere'")
+
+
+def test_a_prepared_transaction_that_took_an_id_holds_sealing_until_it_ends(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as slow:
+        slow.execute("begin")
+        slow.execute("set local role auditdb_owner")
+        slow.execute("insert into auditdb.log (action, entity_type) values ('LOGIN', 'Prepared')")
+        _write(conn, 5)
+        assert seal(conn) == 0  # notes the range: the open transaction holds an id in it
+        slow.execute("prepare transaction 'auditdb_test_seal'")  # its locks move to no session
+        try:
+            assert seal(conn) == 0
+            check = _seal_check(conn)  # no seal yet: doctor names what holds sealing back
+            assert check.level == "warn" and "prepared transaction 'auditdb_test_seal'" in check.detail, check
+        finally:
+            slow.execute("commit prepared 'auditdb_test_seal'")
+    assert seal(conn) == 6
+    assert scalar(conn, "select count(*) from auditdb.log where entity_type = 'Prepared'") == 1
+    assert _findings(conn) == []
 
 
 def test_an_edited_entry_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:

@@ -14,10 +14,13 @@
 -- entry_count, entries_sha256 (hex), floor_at, prev_sha256 (hex) in the same encoding.
 --
 -- An entry is sealed only once no transaction that could still commit an entry at or below the
--- seal's upto_id is running: ids are taken before commit, so id order is not commit order. The
--- sealer reads the id sequence, then notes every running transaction (virtual ids, and the
--- snapshot's xmax for prepared ones); the range is sealed at a later call once all of them have
--- ended. It also notes the earliest time an entry above that id may carry (floor_at): the
+-- seal's upto_id is running: ids are taken before commit, so id order is not commit order. Every
+-- transaction that took an id holds a lock on auditdb.log_id_seq until it ends (nextval takes it
+-- for the whole transaction, before it reads the sequence). So the sealer reads the sequence,
+-- then notes the transactions holding that lock (their virtual transaction ids); the range is
+-- sealed at a later call once none of them holds it any more, and no prepared transaction holds
+-- it (a transaction that prepares moves its locks to another virtual id). Transactions that
+-- never took an id -- an idle session, another database's work -- hold nothing back. It also notes the earliest time an entry above that id may carry (floor_at): the
 -- earliest of now less a second (clocks of two backends), the queued events' emit times and the
 -- start of every transaction holding a transaction id (one may have emitted an event not yet
 -- visible), read in that order before the sequence; when that cannot be known (a prepared
@@ -142,8 +145,9 @@ declare
     read_at timestamptz;
     seq_last bigint;
     seq_called boolean;
-    own_vxid text;
     floor_value timestamptz;
+    seq_oid oid := 'auditdb.log_id_seq'::regclass;
+    seq_db oid := (select d.oid from pg_database d where d.datname = current_database());
 begin
     perform auditdb.require_admin_here('auditdb.seal');
     -- Each statement below must see what has committed by the time it runs.
@@ -169,9 +173,9 @@ begin
         st.pending_upto := null;  -- noted in another cluster (a restored dump): note again
     end if;
     if st.pending_upto is not null and st.pending_upto > prev_upto then
-        ready := pg_snapshot_xmin(pg_current_snapshot()) >= st.pending_xmax
-             and not exists (select from pg_locks k where k.locktype = 'virtualxid' and k.virtualxid = any(st.pending_vxids))
-             and not exists (select from pg_prepared_xacts p where p.prepared >= st.pending_at);
+        ready := not exists (select from pg_locks k
+                              where k.locktype = 'relation' and k.database = seq_db and k.relation = seq_oid
+                                and (k.virtualtransaction = any(st.pending_vxids) or k.pid is null));
     end if;
     if ready then
         execute format('select count(*), max(e.id), sha256(coalesce(string_agg(e.digest, %1$L::bytea order by e.id), %1$L::bytea))
@@ -215,11 +219,11 @@ begin
         floor_value := greatest(prev_floor, floor_value);
     end if;
     select s.last_value, s.is_called into seq_last, seq_called from auditdb.log_id_seq s;
-    select k.virtualxid into own_vxid from pg_locks k where k.locktype = 'virtualxid' and k.pid = pg_backend_pid() limit 1;
     update auditdb.seal_state
        set pending_upto = case when seq_called then seq_last else 0 end,
-           pending_vxids = array(select k.virtualxid from pg_locks k
-                                  where k.locktype = 'virtualxid' and k.granted and k.virtualxid is distinct from own_vxid),
+           pending_vxids = array(select distinct k.virtualtransaction from pg_locks k
+                                  where k.locktype = 'relation' and k.database = seq_db and k.relation = seq_oid
+                                    and k.pid is distinct from pg_backend_pid()),
            pending_xmax = pg_snapshot_xmax(pg_current_snapshot()),
            pending_at = read_at,
            pending_floor = floor_value
