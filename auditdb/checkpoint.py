@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from auditdb.errors import AuditDBError
-from auditdb.seal import Report
+from auditdb.seal import Report, verify
 
 __all__ = [
     "check_checkpoint",
@@ -104,6 +104,15 @@ def check_signature(document: dict[str, Any], path: Path | str, public_key: Path
 def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, Any]:
     """The newest seal, signed with the private key at key_path."""
     key = load_private_key(key_path)
+    # What is signed is the chain as recomputed here, never a hash the server hands over: every
+    # seal's own hash and its link to the one before (their entries are verify's business).
+    report = verify(conn, since="infinity")
+    if report.findings:
+        raise AuditDBError(
+            "the seal chain does not verify, so there is nothing to sign: "
+            + "; ".join(f.message for f in report.findings[:3])
+            + " (run `auditdb verify`)"
+        )
     row = conn.execute(
         """select current_database(), s.seal_id, s.upto_id, encode(s.seal_sha256, 'hex'),
                   to_char(s.sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
@@ -111,6 +120,9 @@ def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, 
     ).fetchone()
     if row is None:
         raise AuditDBError("no seal yet: run `auditdb seal` (twice: the first notes the range) or start the worker")
+    recomputed = report.chain.get(int(row[1]))
+    if recomputed is None or recomputed.hex() != row[3]:
+        raise AuditDBError(f"seal {row[1]} changed while the chain was checked: run `auditdb checkpoint` again")
     checkpoint: dict[str, Any] = {
         "format": FORMAT,
         "database": row[0],

@@ -327,6 +327,22 @@ def test_a_rewritten_chain_is_caught_by_an_older_checkpoint(
     assert "rewritten" in caught.output or "gone" in caught.output
 
 
+def test_checkpoint_signs_only_a_chain_it_recomputed(
+    conn: psycopg.Connection[Any], dsn: str, sealed: list[int], tmp_path: Path
+) -> None:
+    """A seal's hash edited in the table is not signed: checkpoint recomputes the chain first."""
+    _as_superuser_unguarded(
+        conn,
+        "auditdb.seal",
+        "update {t} set seal_sha256 = sha256('forged') where seal_id = (select max(seal_id) from {t})",
+    )
+    key = tmp_path / "operator.key"
+    made = CliRunner().invoke(cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "--generate-key"])
+    assert made.exit_code == 1, made.output
+    assert "the seal chain does not verify, so there is nothing to sign" in made.output
+    assert "{" not in made.output  # nothing was written
+
+
 def test_an_altered_checkpoint_or_another_key_is_refused(
     conn: psycopg.Connection[Any], dsn: str, sealed: list[int], tmp_path: Path
 ) -> None:

@@ -20,12 +20,15 @@
 -- then notes the transactions holding that lock (their virtual transaction ids); the range is
 -- sealed at a later call once none of them holds it any more, and no prepared transaction holds
 -- it (a transaction that prepares moves its locks to another virtual id). Transactions that
--- never took an id -- an idle session, another database's work -- hold nothing back. It also notes the earliest time an entry above that id may carry (floor_at): the
--- earliest of now less a second (clocks of two backends), the queued events' emit times and the
--- start of every transaction holding a transaction id (one may have emitted an event not yet
--- visible), read in that order before the sequence; when that cannot be known (a prepared
--- transaction, whose start is not recorded), the previous bound. Dead-lettered events do not
--- count: one logged later is logged late, which is what a backdated entry is.
+-- never took an id -- an idle session, another database's work -- hold nothing back.
+--
+-- It also notes the earliest time an entry above that id may carry (floor_at): the earliest of
+-- now less a second (clocks of two backends), the queued events' emit times and the
+-- start of every transaction of this database holding a transaction id (one may have emitted an
+-- event not yet visible), read in that order before the sequence; when that cannot be known (a
+-- prepared transaction of this database, whose start is not recorded), the previous bound.
+-- Dead-lettered events do not count: one logged later is logged late, which is what a backdated
+-- entry is.
 set local role auditdb_owner;
 
 -- One field of the canonical form.
@@ -206,14 +209,16 @@ begin
     -- (any of them may hold an id at or below what the sequence says; none that starts later can).
     read_at := clock_timestamp();
     perform pg_stat_clear_snapshot();
-    if exists (select from pg_prepared_xacts)
-       or exists (select from pg_stat_activity a where a.backend_xid is not null and a.xact_start is null) then
+    -- (Only this database's transactions can emit an event here.)
+    if exists (select from pg_prepared_xacts p where p.database = current_database())
+       or exists (select from pg_stat_activity a
+                   where a.datid = seq_db and a.backend_xid is not null and a.xact_start is null) then
         -- a prepared transaction's start is not recorded, nor one we may not see: keep the last bound
         floor_value := prev_floor;
     else
         floor_value := least(read_at - interval '1 second',
                              (select min(a.xact_start) from pg_stat_activity a
-                               where a.backend_xid is not null and a.pid <> pg_backend_pid()));
+                               where a.datid = seq_db and a.backend_xid is not null and a.pid <> pg_backend_pid()));
         -- A new statement, a new snapshot: an event a transaction above committed is seen now.
         floor_value := least(floor_value, (select min(q.emitted_at) from auditdb.event_queue q));
         floor_value := greatest(prev_floor, floor_value);
