@@ -3,8 +3,9 @@
     python bench/all.py [--server system-15] [--quick] [--only events,export]
 
 Runs capture.py (W1-W4 with floors, log bytes per entry), query.py (10,000,000 entries), export.py
-(1,000,000 entries) and events.py, each on a server it starts itself, never two at once, so one
-does not slow another. --quick runs smaller sizes to check the scripts, not to report figures;
+(1,000,000 entries), events.py, seal.py (sealing and verify, 1,000,000 entries) and seal_lag.py
+(the seal lag beside capture's workloads), each on a server it starts itself, never two at once,
+so one does not slow another. --quick runs smaller sizes to check the scripts, not to report figures;
 --only reruns some and rebuilds RESULTS.md with the others' latest reports.
 """
 
@@ -25,12 +26,16 @@ FULL = {
     "query": ["--rows", "10000000"],
     "export": ["--rows", "1000000"],
     "events": ["--synchronous-commit", "on,off"],
+    "seal": ["--rows", "1000000"],
+    "seal_lag": ["--seconds", "60", "--rows", "200000"],
 }
 QUICK = {
     "capture": ["--rounds", "1", "--seconds", "3", "--rows", "20000"],
     "query": ["--rows", "200000", "--repeat", "5"],
     "export": ["--rows", "50000"],
     "events": ["--seconds", "5"],
+    "seal": ["--rows", "50000"],
+    "seal_lag": ["--seconds", "3", "--rows", "20000"],
 }
 
 
@@ -38,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server", help="which PostgreSQL (default: the system one)")
     parser.add_argument("--quick", action="store_true", help="small sizes: check the scripts, report nothing")
-    parser.add_argument("--only", help="comma-separated benchmarks to rerun (capture, query, export, events)")
+    parser.add_argument("--only", help="comma-separated benchmarks to rerun (" + ", ".join(FULL) + ")")
     args = parser.parse_args()
     key, _ = pick_server(args.server)
     plan = QUICK if args.quick else FULL
