@@ -45,7 +45,7 @@ __all__ = [
 VERSION_TABLE = "alembic_version"
 VERSION_TABLE_SCHEMA = "auditdb"
 # The newest revision in migrations/versions; test_install checks it against alembic's head.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 # The current definitions (sql/definitions/<name>.sql), in the order they run: every function,
 # policy, event trigger and grant has its one home there. Revisions change only what holds data;
 # these are applied after the last one, whenever the database has others.

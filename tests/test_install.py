@@ -57,6 +57,7 @@ FROZEN_SQL = {
     "0007_trust.sql": "86d2905b4ce2502d204b0d7bbc3be82df1720359ac87d1ca4a79351672597eae",
     "0008_log.sql": "ca5619dc187d9899af279822f2aa12c3193be140f37514fb1905d6ae3a1856a5",
     "0009_seal.sql": "135ed8a97013934f79ebabeb7da71f6ac0c614c2fcb3c07c641dd21332c4935d",
+    "0010_seal_emitters.sql": "6aed58011feb830b0ea8e68cfe58c8078bd0b374fd794aa0c1886ea55df44dbd",
 }
 
 

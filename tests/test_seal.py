@@ -263,6 +263,42 @@ def test_a_backdated_entry_is_found_before_and_after_it_is_sealed(
     assert any(f.startswith("backdated") and "(seal" in f for f in found), found
 
 
+def test_an_event_committed_long_after_it_was_emitted_is_not_backdated(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """An event is dated when emitted; its transaction may commit seals later: the bound allows for it.
+
+    The bound comes from who holds the event queue's id sequence (pg_locks), noted at each seal:
+    an emitter new since the last note emitted after it; one already there is bounded as then.
+    """
+    from auditdb.worker import Worker
+
+    _write(conn, 3)
+    _seal_all(conn)  # a note with no emitter
+    with psycopg.connect(dsn) as emitter:
+        emitter.execute("select auditdb.emit('LOGIN', entity_type => 'User', entity_id => 'late')")
+        time.sleep(1.5)  # now less a second is past the event's time
+        for _ in range(3):  # seals made while it is in flight, each with a bound
+            _write(conn, 2)
+            _seal_all(conn)
+            time.sleep(0.6)
+        last_sealed = scalar(conn, "select max(sealed_at) - interval '1 second' from auditdb.seal")
+        emitter.commit()
+    Worker(dsn).run(once=True)
+    occurred = scalar(conn, "select occurred_at from auditdb.log where entity_id = 'late'")
+    # a bound of "a second before the seal" would have called it backdated
+    assert occurred < last_sealed
+    _seal_all(conn)
+    report = verify(conn)
+    assert report.ok, report.findings
+    assert report.unsealed == 0
+    # and the bound is not left at -infinity meanwhile: entries forged before it are still found
+    assert scalar(conn, "select max(floor_at) from auditdb.seal") > scalar(conn, "select now() - interval '1 hour'")
+
+
+def test_the_owner_reads_no_other_sessions_activity(conn: psycopg.Connection[Any]) -> None:
+    """Revision 0010: sealing needs pg_locks only; auditdb_owner is no member of pg_read_all_stats."""
+    assert scalar(conn, "select pg_has_role('auditdb_owner', 'pg_read_all_stats', 'member')") is False
+
+
 def test_an_altered_seal_is_found(conn: psycopg.Connection[Any], sealed: list[int]) -> None:
     _as_superuser_unguarded(conn, "auditdb.seal", "update {t} set entry_count = entry_count - 1 where seal_id = 1")
     found = _findings(conn)

@@ -23,12 +23,11 @@
 -- never took an id -- an idle session, another database's work -- hold nothing back.
 --
 -- It also notes the earliest time an entry above that id may carry (floor_at): the earliest of
--- now less a second (clocks of two backends), the queued events' emit times and the
--- start of every transaction of this database holding a transaction id (one may have emitted an
--- event not yet visible), read in that order before the sequence; when that cannot be known (a
--- prepared transaction of this database, whose start is not recorded), the previous bound.
--- Dead-lettered events do not count: one logged later is logged late, which is what a backdated
--- entry is.
+-- now less a second (clocks of two backends), the bound for the events of transactions holding
+-- the event queue's id sequence (revision 0010: from pg_locks; see the note below) and the
+-- queued events' emit times, read in that order before the sequence. Captured entries are dated
+-- when written, after their id is taken. Dead-lettered events do not count: one logged later is
+-- logged late, which is what a backdated entry is.
 set local role auditdb_owner;
 
 -- One field of the canonical form.
@@ -125,7 +124,7 @@ comment on function auditdb.seal_digest(bigint, timestamptz, smallint, bigint, b
 -- Seal what can be sealed: at most one seal of at most max_entries entries per call; then note
 -- the next range when none is waiting. Returns the entries sealed (0 when the range still waits
 -- for a transaction, or nothing new was written).
--- definer: reads the log, pg_locks and pg_stat_activity, writes auditdb.seal and seal_state; an integer argument.
+-- definer: reads the log, the queue and pg_locks, writes auditdb.seal and seal_state; an integer argument.
 create or replace function auditdb.seal(max_entries integer default 100000) returns bigint
 language plpgsql
 security definer
@@ -150,6 +149,8 @@ declare
     seq_called boolean;
     floor_value timestamptz;
     seq_oid oid := 'auditdb.log_id_seq'::regclass;
+    queue_seq oid := pg_get_serial_sequence('auditdb.event_queue', 'id')::regclass;
+    emitters text[];
     seq_db oid := (select d.oid from pg_database d where d.datname = current_database());
 begin
     perform auditdb.require_admin_here('auditdb.seal');
@@ -207,19 +208,29 @@ begin
 
     -- Note the next range: the time and the bound first, then the sequence, then who is running
     -- (any of them may hold an id at or below what the sequence says; none that starts later can).
+    -- The bound: an event is dated when emit queued it, after its transaction took the queue's id
+    -- sequence, which it holds to its end. So the events still to be logged are: those queued and
+    -- committed (read from the queue after the holders, so none slips between the two reads), and
+    -- those of the transactions holding the sequence now. Of these, one not holding it at the last
+    -- note began emitting after that note was taken; one holding it then is bounded by the bound
+    -- noted then. A prepared transaction (its locks under another virtual id) keeps the last seal's.
     read_at := clock_timestamp();
-    perform pg_stat_clear_snapshot();
-    -- (Only this database's transactions can emit an event here.)
-    if exists (select from pg_prepared_xacts p where p.database = current_database())
-       or exists (select from pg_stat_activity a
-                   where a.datid = seq_db and a.backend_xid is not null and a.xact_start is null) then
-        -- a prepared transaction's start is not recorded, nor one we may not see: keep the last bound
+    emitters := array(select distinct k.virtualtransaction from pg_locks k
+                       where k.locktype = 'relation' and k.database = seq_db and k.relation = queue_seq);
+    if exists (select from pg_locks k
+                where k.locktype = 'relation' and k.database = seq_db and k.relation = queue_seq and k.pid is null)
+       or (st.pending_emitters is null and cardinality(emitters) > 0) then
+        -- a prepared emitter, or emitters and no note of who emitted before (a first note)
         floor_value := prev_floor;
     else
-        floor_value := least(read_at - interval '1 second',
-                             (select min(a.xact_start) from pg_stat_activity a
-                               where a.datid = seq_db and a.backend_xid is not null and a.pid <> pg_backend_pid()));
-        -- A new statement, a new snapshot: an event a transaction above committed is seen now.
+        floor_value := read_at - interval '1 second';  -- clocks of two backends
+        if emitters && st.pending_emitters then
+            floor_value := least(floor_value, coalesce(st.pending_floor, '-infinity'));
+        end if;
+        if exists (select from unnest(emitters) e(v) where not (e.v = any(st.pending_emitters))) then
+            floor_value := least(floor_value, st.pending_at - interval '1 second');  -- new since the last note
+        end if;
+        -- A new statement, a new snapshot: an event a holder above committed is seen now.
         floor_value := least(floor_value, (select min(q.emitted_at) from auditdb.event_queue q));
         floor_value := greatest(prev_floor, floor_value);
     end if;
@@ -231,7 +242,8 @@ begin
                                     and k.pid is distinct from pg_backend_pid()),
            pending_xmax = pg_snapshot_xmax(pg_current_snapshot()),
            pending_at = read_at,
-           pending_floor = floor_value
+           pending_floor = floor_value,
+           pending_emitters = emitters
      where singleton;
     return n;
 end
