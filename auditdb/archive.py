@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from auditdb.canonical import ENTRY_COLUMNS, field_digest, time_key
 from auditdb.errors import AuditDBError
 
 __all__ = ["ArchiveDigest", "ArchivedMonth", "archived_entries", "pruned_months"]
@@ -85,34 +87,55 @@ class ArchivedMonth:
         return None
 
 
-def _bounds(name: str) -> tuple[str, str]:
+def _month_bounds(name: str) -> tuple[str, str] | None:
+    """The month's first instant and the next month's, as timestamptz prints them in UTC; None for no month."""
     year, month = int(name[4:8]), int(name[9:11])
+    if not 1 <= month <= 12 or year < 1:
+        return None
     after = (year + month // 12, month % 12 + 1)
     return f"{year:04d}-{month:02d}-01 00:00:00+00", f"{after[0]:04d}-{after[1]:02d}-01 00:00:00+00"
 
 
-def pruned_months(conn: psycopg.Connection[Any], archive_dir: Path | None) -> list[ArchivedMonth]:
-    """The months `partitions prune` dropped (its AUDIT_CHANGED entries), with their archives in archive_dir.
+def pruned_months(
+    conn: psycopg.Connection[Any], archive_dir: Path | None, sealed_upto: int
+) -> tuple[list[ArchivedMonth], list[str]]:
+    """The months `partitions prune` dropped, with their archives in archive_dir; and what is wrong with the record.
 
+    Only prune entries already sealed count (ids up to sealed_upto): one a superuser adds now
+    changes nothing. An entry naming no month, a month still there, or one that had not ended
+    when the entry was written, is a problem, not a pruned month. With archive_dir, a month
+    archived when pruned whose archive is not there is an AuditDBError (verify could not check).
     conn reads every entry (verify's reading transaction).
     """
     rows = conn.execute(
-        """select l.entity_id, l.metadata->>'rows', l.metadata->>'sha256'
+        """select l.id, l.entity_id, l.metadata->>'rows', l.metadata->>'sha256', l.occurred_at,
+                  pg_catalog.to_regclass(pg_catalog.format('auditdb.%%I', l.entity_id)) is not null
              from auditdb.log l
             where l.action = 'AUDIT_CHANGED' and l.entity_type = 'AuditPartition'
-              and l.metadata->>'operation' = 'prune' and l.entity_id ~ '^log_[0-9]{4}_[0-9]{2}$'
-            order by l.id"""
+              and l.metadata->>'operation' = 'prune' and l.id <= %s
+            order by l.id""",
+        (sealed_upto,),
     ).fetchall()
     months: dict[str, ArchivedMonth] = {}
-    for name, count, digest in rows:
-        if not str(count or "").isdigit():
-            raise AuditDBError(f"the prune entry of {name} does not say how many entries it dropped")
-        start, end = _bounds(name)
-        path = archive_dir / f"{name}.jsonl.gz" if archive_dir is not None else None
-        months[name] = ArchivedMonth(
-            name, start, end, int(count), digest, path if path is not None and path.exists() else None
-        )
-    return list(months.values())
+    problems: list[str] = []
+    for entry_id, name, count, digest, at, present in rows:
+        bounds = _month_bounds(name) if re.fullmatch(r"log_[0-9]{4}_[0-9]{2}", str(name or "")) else None
+        if bounds is None or not str(count or "").isdigit():
+            problems.append(f"prune entry {entry_id} names {str(name)[:40]!r}, which is no month auditdb keeps")
+            continue
+        if present:
+            problems.append(f"prune entry {entry_id} says {name} was dropped, but auditdb.{name} is there")
+            continue
+        if time_key(bounds[1]) > time_key(str(at)):
+            problems.append(f"prune entry {entry_id} says {name} was dropped on {at}, before the month ended")
+            continue
+        path = None
+        if archive_dir is not None and digest:
+            path = archive_dir / f"{name}.jsonl.gz"
+            if not path.is_file():
+                raise AuditDBError(f"{name} was archived when pruned, but {path} is not there")
+        months[name] = ArchivedMonth(name, bounds[0], bounds[1], int(count), digest, path)
+    return list(months.values()), problems
 
 
 class _Number(str):
@@ -159,13 +182,50 @@ def _printed(column: str, value: Any) -> bytes | None:
     raise AuditDBError(f"column {column} holds {jsonb_text(value)[:40]} in the archive, not a text or a number")
 
 
+# In a line jsonb printed, a string (escapes included) or a bracket; anything else is between them.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _flat_values(line: str) -> list[bytes | None]:
+    """ENTRY_COLUMNS' values from an archive line, without parsing what is nested (however deep).
+
+    The line is jsonb's text (`{"key": value, "key": value}`): a member's value is the text from
+    after its key's `": "` to the `, ` before the next key at the same depth (or the closing
+    brace), and a nested value's text is what jsonb prints for it alone.
+    """
+    keys: list[tuple[str, int, int]] = []  # key, where it starts, where its value starts
+    depth = 0
+    for m in _TOKEN.finditer(line):
+        token = m.group(0)
+        if token[0] == '"':
+            if depth == 1 and line.startswith(": ", m.end()):
+                keys.append((json.loads(token), m.start(), m.end() + 2))
+        elif token in "{[":
+            depth += 1
+        else:
+            depth -= 1
+    end = line.rstrip().rfind("}")
+    raw: dict[str, str] = {}
+    for i, (key, _, start) in enumerate(keys):
+        stop = keys[i + 1][1] - 2 if i + 1 < len(keys) else end
+        raw[key] = line[start:stop]
+    values: list[bytes | None] = []
+    for column in ENTRY_COLUMNS:
+        text = raw.get(column, "null")
+        if text == "null":
+            values.append(None)
+        elif column in ("changes", "metadata") or not text.startswith('"'):
+            values.append(text.encode())  # nested values, and numbers, as printed
+        else:
+            values.append(str(json.loads(text)).encode())
+    return values
+
+
 def archived_entries(month: ArchivedMonth) -> Iterator[tuple[int, bytes, bytes]]:
     """The archive's entries as verify reads the log's: (id, digest, occurred_at as printed), in id order.
 
     Reading it to the end sets month.read_rows and month.read_sha256.
     """
-    from auditdb.seal import ENTRY_COLUMNS, field_digest
-
     assert month.path is not None
     digest = ArchiveDigest()
     count = 0
@@ -175,8 +235,11 @@ def archived_entries(month: ArchivedMonth) -> Iterator[tuple[int, bytes, bytes]]
             for line in f:
                 digest.add(line)
                 count += 1
-                entry = json.loads(line, parse_int=_Number, parse_float=_Number)
-                values = [_printed(c, entry.get(c)) for c in ENTRY_COLUMNS]
+                try:
+                    entry = json.loads(line, parse_int=_Number, parse_float=_Number)
+                    values = [_printed(c, entry.get(c)) for c in ENTRY_COLUMNS]
+                except RecursionError:  # nested deeper than Python's parser goes
+                    values = _flat_values(line.decode("utf-8"))
                 entry_id = int(values[0] or b"0")
                 if entry_id <= last:
                     raise AuditDBError(f"{month.path}: line {count} is not in id order")

@@ -113,16 +113,18 @@ def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, 
             + "; ".join(f.message for f in report.findings[:3])
             + " (run `auditdb verify`)"
         )
+    if report.seals_last_id is None:
+        raise AuditDBError("no seal yet: run `auditdb seal` (twice: the first notes the range) or start the worker")
+    # The last seal verify recomputed (the worker may have added one since: the next checkpoint has it).
     row = conn.execute(
         """select current_database(), s.seal_id, s.upto_id, encode(s.seal_sha256, 'hex'),
                   to_char(s.sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-             from auditdb.seal s order by s.seal_id desc limit 1"""
+             from auditdb.seal s where s.seal_id = %s""",
+        (report.seals_last_id,),
     ).fetchone()
-    if row is None:
-        raise AuditDBError("no seal yet: run `auditdb seal` (twice: the first notes the range) or start the worker")
-    recomputed = report.chain.get(int(row[1]))
-    if recomputed is None or recomputed.hex() != row[3]:
-        raise AuditDBError(f"seal {row[1]} changed while the chain was checked: run `auditdb checkpoint` again")
+    recomputed = report.chain[report.seals_last_id]
+    if row is None or recomputed.hex() != row[3]:
+        raise AuditDBError(f"seal {report.seals_last_id} changed while the chain was checked: run it again")
     checkpoint: dict[str, Any] = {
         "format": FORMAT,
         "database": row[0],

@@ -300,6 +300,7 @@ def export(
                 "bytes": size,
                 "sha256": written.hexdigest(),
                 "database": conn.info.dbname,
+                "encoding": conn.info.encoding,
                 "exported_by": actor or conn.info.user,
                 **held,
             },

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,22 @@ def write_manifest(path: str, manifest: dict[str, Any], key_path: Path | None) -
 
 
 def count_rows(path: Path, fmt: str) -> int:
-    """Entries in an export file: CSV records after the header, or JSONL lines."""
+    """Entries in an export file: CSV records after the header, or JSONL lines.
+
+    The CSV is read as Latin-1, byte for byte: its quotes, commas and line ends are ASCII in every
+    encoding a database can have, so the count holds whatever the export's encoding; no cell is
+    too long (a 1 MB metadata cell is an honest export).
+    """
     if fmt == "jsonl":
         with path.open("rb") as f:
             return sum(1 for line in f if line.strip())
-    with path.open(newline="", encoding="utf-8") as f:
-        records = sum(1 for _ in csv.reader(f))
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with path.open(newline="", encoding="latin-1") as f:
+            records = sum(1 for _ in csv.reader(f))
+    finally:
+        csv.field_size_limit(limit)
     return max(records - 1, 0)
 
 
@@ -107,6 +118,9 @@ def verify_export(file: Path, manifest_path: Path, public_key: Path | None) -> t
         problems.append(f"{file} does not hash to the manifest's sha256 ({digest[:16]}…, not {wanted}…)")
     if rows != manifest["rows"]:
         problems.append(f"{file} holds {rows:,} entries; the manifest says {manifest['rows']:,}")
+    named = manifest.get("file")
+    if named not in (None, "-", file.name):
+        problems.append(f"the manifest describes an export written as {named!r}, not {file.name!r}")
     return manifest, problems
 
 
@@ -119,4 +133,8 @@ def describe(manifest: dict[str, Any]) -> str:
         else ""
     )
     when = manifest.get("created_at", "?")
-    return f"{manifest['rows']:,} entries ({manifest['export_format']}) exported {when}{seal_text}"
+    filters = json.dumps(manifest.get("filters") or {}, sort_keys=True, ensure_ascii=True)
+    return (
+        f"{manifest['rows']:,} entries ({manifest['export_format']}) of database {manifest.get('database')!r} "
+        f"exported {when} with filters {filters}{seal_text}"
+    )

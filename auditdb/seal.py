@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,35 +27,22 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
 from auditdb.archive import ArchivedMonth, archived_entries, pruned_months
+from auditdb.canonical import (
+    _HEADS,
+    ENTRY_COLUMNS,
+    ENTRY_PREFIX,
+    SEAL_PREFIX,
+    canonical,
+    entry_digest,
+    field_digest,
+    time_key,
+)
 from auditdb.db import SAFE_SEARCH_PATH, pinned
 from auditdb.errors import AuditDBError
 
 __all__ = ["ENTRY_COLUMNS", "Finding", "Report", "canonical", "entry_digest", "seal", "seal_digest", "verify"]
 
-# The columns an entry's digest is made of, in order (canonical form 1). They are read as their
-# types print them (text loaders below), never through a cast: a superuser can define a cast.
-ENTRY_COLUMNS = (
-    "id",
-    "occurred_at",
-    "txid",
-    "action",
-    "entity_type",
-    "entity_id",
-    "entity_name",
-    "project_id",
-    "tenant_id",
-    "actor_id",
-    "actor_email",
-    "actor_name",
-    "ip",
-    "user_agent",
-    "db_user",
-    "table_name",
-    "changes",
-    "metadata",
-)
-ENTRY_PREFIX = b"auditdb-entry-v1\n"
-SEAL_PREFIX = b"auditdb-seal-v1\n"
+_NULL = b"\\N"  # COPY's text format for null
 # Types read as the server prints them.
 PRINTED_TYPES = ("int2", "int8", "timestamptz", "inet", "json", "jsonb")
 # The settings the printed texts depend on, as sql/definitions/seal.sql fixes them.
@@ -64,26 +51,6 @@ READ_SETTINGS = {"timezone": "UTC", "datestyle": "ISO, YMD", "search_path": SAFE
 # short transaction of its own), so neither memory nor any transaction grows with the log.
 SEAL_PAGE = 2_000
 WINDOW = 200_000
-# "S<length>:" for the lengths most values have, made once.
-_HEADS = [b"S%d:" % n for n in range(1 << 12)]
-_NULL = b"\\N"  # COPY's text format for null
-
-
-def canonical(values: Iterator[str | None] | tuple[str | None, ...], prefix: bytes) -> bytes:
-    """The canonical form: each field N (null) or S<byte length>:<text>, after the prefix."""
-    out = [prefix]
-    for value in values:
-        if value is None:
-            out.append(b"N")
-        else:
-            raw = value.encode("utf-8")
-            out.append(b"S%d:%s" % (len(raw), raw))
-    return b"".join(out)
-
-
-def entry_digest(texts: tuple[str | None, ...]) -> bytes:
-    """SHA-256 of an entry given its ENTRY_COLUMNS values as printed."""
-    return hashlib.sha256(canonical(texts, ENTRY_PREFIX)).digest()
 
 
 def seal_digest(row: dict[str, Any], prev_sha256: bytes | None) -> bytes:
@@ -208,19 +175,6 @@ def _unescape(value: bytes) -> bytes:
     return _COPY_ESCAPE.sub(one, value)
 
 
-def field_digest(values: Iterable[bytes | None]) -> bytes:
-    """An entry's digest from its ENTRY_COLUMNS values as printed, in UTF-8 (None: null)."""
-    out = [ENTRY_PREFIX]
-    for v in values:
-        if v is None:
-            out.append(b"N")
-        else:
-            n = len(v)
-            out.append(_HEADS[n] if n < 4096 else b"S%d:" % n)
-            out.append(v)
-    return hashlib.sha256(b"".join(out)).digest()
-
-
 # An entry as verify handles it: id, digest, occurred_at as printed (UTF-8).
 Entry = tuple[int, bytes, bytes]
 
@@ -250,20 +204,6 @@ def _live_entries(conn: psycopg.Connection[Any], after: int, upto: int) -> Itera
             else:
                 values = [None if v == null else _unescape(v) for v in fields]
                 yield int(fields[0]), field_digest(values), values[_OCCURRED_AT] or b""
-
-
-def time_key(printed: str | bytes) -> tuple[Any, ...]:
-    """A key that orders timestamptz values printed in UTC, ISO (BC years, infinity included)."""
-    t = printed.decode() if isinstance(printed, bytes) else printed
-    if t == "infinity":
-        return (3,)
-    if t == "-infinity":
-        return (-3,)
-    bc = t.endswith(" BC")
-    year, _, rest = (t[:-3] if bc else t).partition("-")
-    # After the year, the printed text orders as the time does: fixed-width fields, the fraction's
-    # trailing zeros dropped ('+' sorts before '.' and the digits).
-    return (0, -int(year), rest) if bc else (1, int(year), rest)
 
 
 def _plain(printed: bytes) -> bool:
@@ -367,7 +307,10 @@ def verify(
     report = Report()
     found = report.findings.append
     with _reading(conn):
-        pruned = pruned_months(conn, archive_dir)
+        last = conn.execute("select coalesce(max(s.upto_id), 0) from auditdb.seal s").fetchone()
+        pruned, problems = pruned_months(conn, archive_dir, int(last[0]) if last else 0)
+    for wrong in problems:
+        found(Finding("prune-invalid", wrong))
     archives = _Archives([m for m in pruned if m.path is not None])
     missing = [m for m in pruned if m.path is None]
     expected_id, prev_upto, prev_hash = 1, 0, None
@@ -405,8 +348,7 @@ def verify(
             if row["check_entries"]:
                 yield s
             else:
-                report.skipped += 1
-                archives.upto(s.upto)  # archived entries of seals not checked are passed over
+                report.skipped += 1  # (its archived entries are passed over by the next window read)
 
     for window in _windows(seals()):
         _check_window(conn, window, archives, report)

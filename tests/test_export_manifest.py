@@ -57,7 +57,8 @@ def test_an_export_to_a_file_gets_a_manifest_that_verifies(
     assert "signature" not in manifest
     checked = _invoke("verify-export", str(out))
     assert checked.exit_code == 0, checked.output
-    assert checked.output.startswith("ok: 9 entries (csv) exported") and "8 of them under seal" in checked.output
+    assert checked.output.startswith(f"ok: 9 entries (csv) of database {conn.info.dbname!r} exported ")
+    assert 'with filters {"actions": ["UPDATE", "LOGIN"]}; 8 of them under seal' in checked.output
     assert "not signed" in checked.output
 
 
@@ -145,3 +146,52 @@ def test_verify_export_without_its_manifest_could_not_check(tmp_path: Path) -> N
     out.write_text("Timestamp\n")
     result = _invoke("verify-export", str(out))
     assert result.exit_code == 3 and "cannot read the manifest" in result.output, result.output
+
+
+@pytest.mark.usefixtures("hostile")
+def test_another_exports_file_and_manifest_are_found(dsn: str, tmp_path: Path) -> None:
+    key = tmp_path / "op.pem"
+    generate_key(key)
+    full, narrow = tmp_path / "full.csv", tmp_path / "narrow.csv"
+    assert _invoke("--dsn", dsn, "export", "-o", str(full), "--key", str(key)).exit_code == 0
+    assert _invoke("--dsn", dsn, "export", "-o", str(narrow), "--entity-id", "1", "--key", str(key)).exit_code == 0
+    full.write_bytes(narrow.read_bytes())
+    Path(f"{full}.manifest.json").write_bytes(Path(f"{narrow}.manifest.json").read_bytes())
+    result = _invoke("verify-export", str(full), "--public-key", f"{key}.pub")
+    assert result.exit_code == 1, result.output
+    assert "the manifest describes an export written as 'narrow.csv', not 'full.csv'" in result.output
+
+
+def test_rows_are_counted_whatever_the_cells_hold_and_their_encoding(tmp_path: Path) -> None:
+    """A 1 MB metadata cell, a cell with line breaks, and a Latin-1 file (a database not in UTF-8)."""
+    from auditdb.manifest import count_rows
+
+    out = tmp_path / "a.csv"
+    text = 'Timestamp,Metadata\n2026,"{""blob"": ""' + "x" * 1_000_000 + '""}"\n2026,"two\nlines, Zoé"\n'
+    out.write_bytes(text.encode("latin-1"))
+    assert count_rows(out, "csv") == 2
+
+
+@pytest.mark.usefixtures("hostile")
+def test_a_checkpoint_signs_the_last_seal_it_checked_while_sealing_goes_on(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auditdb import checkpoint as checkpoint_module
+
+    _sealed(conn)
+    checked = checkpoint_module.verify
+
+    def verify_then_seal_more(*args: Any, **kwargs: Any) -> Any:
+        report = checked(*args, **kwargs)
+        with conn.transaction():
+            conn.execute("set local role auditdb_owner")
+            conn.execute("insert into auditdb.log (action, entity_type) values ('LOGIN', 'User')")
+        _sealed(conn)  # the worker, meanwhile
+        return report
+
+    monkeypatch.setattr(checkpoint_module, "verify", verify_then_seal_more)
+    key = tmp_path / "op.pem"
+    generate_key(key)
+    made = checkpoint_module.make_checkpoint(conn, key)
+    assert made["seal_id"] == 1
+    assert conn.execute("select max(seal_id) from auditdb.seal").fetchone() == (2,)

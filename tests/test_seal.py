@@ -458,6 +458,7 @@ def test_the_application_role_can_neither_seal_nor_read_or_write_seals(
     assert _findings(conn) == []
 
 
+@pytest.mark.slow  # waits out two sealing rounds: `./run test -m slow`
 def test_the_worker_seals_at_its_pace_whatever_its_poll_interval(conn: psycopg.Connection[Any], dsn: str) -> None:
     """An entry is sealed within about two sealing rounds (5 s each), with a poll interval of a minute too."""
     from auditdb.worker import Worker

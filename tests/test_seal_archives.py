@@ -131,6 +131,7 @@ def _pruned_setup(conn: psycopg.Connection[Any], tmp_path: Path) -> tuple[str, l
         cli, ["--dsn", conn.info.dsn, "partitions", "prune", "--older-than", "2", "--export-dir", str(tmp_path)]
     )
     assert result.exit_code == 0 and f"dropped auditdb.{old}" in result.output, result.output
+    _seal_all(conn)  # the prune's own entry, sealed as the worker would within seconds
     assert kept in {r[0] for r in conn.execute("select partition_name from auditdb.partitions()")}
     later = [r[0] for r in conn.execute("select id from auditdb.log where action = 'LOGOUT' order by id")]
     return old, later
@@ -241,3 +242,66 @@ def test_a_dump_restored_into_another_database_still_verifies(
         conn.execute(
             psycopg.sql.SQL("drop database if exists {} with (force)").format(psycopg.sql.Identifier(restored))
         )
+
+
+def test_a_forged_prune_entry_hides_nothing(conn: psycopg.Connection[Any]) -> None:
+    """Seals left unchecked for a pruned month come only from sealed prune entries of months truly gone."""
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
+            "from generate_series(1, 30) g"
+        )
+    _seal_all(conn)
+    target = scalar(conn, "select min(id) from auditdb.log")
+    partition = scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (target,))
+    _as_superuser_unguarded(conn, partition, "delete from {t} where id = %s", (target,))
+    this_month = partition.removeprefix("auditdb.")
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        for name in ("log_2025_99", this_month, "log_2999_01"):
+            conn.execute(
+                "insert into auditdb.log (action, entity_type, entity_id, metadata) "
+                """values ('AUDIT_CHANGED', 'AuditPartition', %s, '{"operation": "prune", "rows": "0"}')""",
+                (name,),
+            )
+    unsealed = [f"{f.kind}: {f.message}" for f in verify(conn).findings]
+    assert any("(seal 1) were changed since sealed" in f for f in unsealed), unsealed  # not yet sealed: ignored
+    _seal_all(conn)
+    report = verify(conn)
+    found = [f"{f.kind}: {f.message}" for f in report.findings]
+    assert not report.unchecked, report.unchecked
+    assert any("(seal 1) were changed since sealed" in f for f in found), found
+    assert any("prune-invalid" in f and "'log_2025_99', which is no month" in f for f in found), found
+    assert any("prune-invalid" in f and f"auditdb.{this_month} is there" in f for f in found), found
+    assert any(
+        "prune-invalid" in f and "log_2999_01 was dropped on" in f and "before the month ended" in f for f in found
+    )
+
+
+def test_a_missing_archive_is_an_error_when_archives_are_given(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    old, _ = _pruned_setup(conn, tmp_path)
+    (tmp_path / f"{old}.jsonl.gz").unlink()
+    result = CliRunner().invoke(cli, ["--dsn", conn.info.dsn, "verify", "--archive-dir", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert f"{old} was archived when pruned, but" in result.output and "is not there" in result.output
+
+
+def test_an_archive_nested_deeper_than_pythons_parser_still_verifies(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    name = _past_partition(conn, 3, rows=2)
+    start = scalar(conn, "select auditdb.month_start(-3)")
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            """insert into auditdb.log (occurred_at, action, entity_type, entity_id, changes, metadata)
+               values (%s::timestamptz + interval '1 hour', 'IMPORTED', 'Doc', 'deep',
+                       ('{"a": ' || repeat('[', 3000) || '"x\\"y"' || repeat(']', 3000) || '}')::jsonb,
+                       '{"n": 1.50, "s": "é"}')""",
+            (start,),
+        )
+    expected = _server_digests(conn)
+    path, rows = archive_partition(conn, name, tmp_path)
+    month = ArchivedMonth(name, "", "", rows, None, path)
+    assert {entry_id: digest for entry_id, digest, _ in archived_entries(month)} == expected

@@ -142,7 +142,7 @@ declare
     n bigint := 0;
     digest bytea;
     bound timestamptz;
-    sealed_at timestamptz := clock_timestamp();
+    sealed_at timestamptz;
     ready boolean := false;
     read_at timestamptz;
     seq_last bigint;
@@ -166,6 +166,7 @@ begin
     if not found then
         raise exception 'auditdb.seal: auditdb.seal_state has no row; run `auditdb install`' using errcode = 'object_not_in_prerequisite_state';
     end if;
+    sealed_at := clock_timestamp();  -- after the lock: seals are made one at a time, in time order
     select * into last_seal from auditdb.seal order by seal_id desc limit 1;
     if found then
         prev_upto := last_seal.upto_id;
