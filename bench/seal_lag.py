@@ -6,9 +6,8 @@ real `auditdb worker` (sealing every 5 s, as deployed). Then, in turn: W1 (pgben
 the session context set in each transaction) for --seconds without the worker and again with it
 (capture's throughput with sealing running beside it), W2/W3/W4 (one INSERT, UPDATE and DELETE
 of --rows rows each: three transactions of --rows entries), and W1 once more. When every
-entry is sealed, each entry's lag is its seal's sealed_at less its occurred_at (the start of its
-transaction: for W2-W4 that counts the statement's own seconds too, so the figure is an upper
-bound).
+entry is sealed, each entry's lag is its seal's sealed_at less its occurred_at (the clock when the
+entry was written, at the end of the statement that made it; it commits just after).
 
     python bench/seal_lag.py [--server system-15] [--seconds 60] [--rows 200000] [--output bench/SEAL_LAG.md]
 """
@@ -112,7 +111,8 @@ def main() -> None:
         "- a real `auditdb worker` (sealing every 5 s, seals of up to 100,000 entries) while capture.py's "
         "workloads run on its tracked table: W1 (4 clients, context set per transaction), then W2/W3/W4 "
         f"({args.rows:,} rows each), then W1 again",
-        "- lag: the entry's seal's sealed_at less the entry's occurred_at (its transaction's start)",
+        "- lag: the entry's seal's sealed_at less the entry's occurred_at (the clock when the entry was written, "
+        "at the end of the statement that made it)",
         "",
         "| entries | seals | lag p50 (s) | lag p99 (s) | lag max (s) |",
         "|---|---|---|---|---|",

@@ -37,6 +37,17 @@ def _seal_all(conn: psycopg.Connection[Any]) -> None:
     seal(conn)
 
 
+def _log(conn: psycopg.Connection[Any], action: str, n: int) -> None:
+    """n entries written now, as auditdb_owner writes events (the log sets id, time, txid and user)."""
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (action, entity_type, entity_id) select %s, 'User', g::text "
+            "from generate_series(1, %s) g",
+            (action, n),
+        )
+
+
 def _write_tricky(conn: psycopg.Connection[Any], occurred_at: Any) -> None:
     with conn.transaction():
         conn.execute("set local role auditdb_owner")
@@ -112,19 +123,9 @@ def _pruned_setup(conn: psycopg.Connection[Any], tmp_path: Path) -> tuple[str, l
     """Entries in two past months and this one, sealed; the older month pruned with its archive."""
     old = _past_partition(conn, 3, rows=40)
     kept = _past_partition(conn, 2, rows=15)
-    with conn.transaction():
-        conn.execute("set local role auditdb_owner")
-        conn.execute(
-            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
-            "from generate_series(1, 10) g"
-        )
+    _log(conn, "LOGIN", 10)
     _seal_all(conn)
-    with conn.transaction():  # a later seal, after the bound the first one set
-        conn.execute("set local role auditdb_owner")
-        conn.execute(
-            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGOUT', 'User', g::text "
-            "from generate_series(1, 10) g"
-        )
+    _log(conn, "LOGOUT", 10)  # a later seal, after the bound the first one set
     _seal_all(conn)
     assert verify(conn).ok
     result = CliRunner().invoke(
@@ -180,12 +181,7 @@ def test_verify_reads_many_seals_in_windows(conn: psycopg.Connection[Any], monke
     monkeypatch.setattr(seal_module, "SEAL_PAGE", 3)
     monkeypatch.setattr(seal_module, "WINDOW", 25)
     for _ in range(7):
-        with conn.transaction():
-            conn.execute("set local role auditdb_owner")
-            conn.execute(
-                "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
-                "from generate_series(1, 10) g"
-            )
+        _log(conn, "LOGIN", 10)
         _seal_all(conn)
     seen: list[int] = []
     report = verify(conn, seen.append)
@@ -205,12 +201,7 @@ def test_a_dump_restored_into_another_database_still_verifies(
 ) -> None:
     """Canonical form 1 depends on values only: pg_dump and pg_restore keep every seal verifying."""
     _write_tricky(conn, scalar(conn, "select now()"))
-    with conn.transaction():
-        conn.execute("set local role auditdb_owner")
-        conn.execute(
-            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
-            "from generate_series(1, 500) g"
-        )
+    _log(conn, "LOGIN", 500)
     _seal_all(conn)
     before = verify(conn)
     assert before.ok and before.entries == 503
@@ -246,12 +237,7 @@ def test_a_dump_restored_into_another_database_still_verifies(
 
 def test_a_forged_prune_entry_hides_nothing(conn: psycopg.Connection[Any]) -> None:
     """Seals left unchecked for a pruned month come only from sealed prune entries of months truly gone."""
-    with conn.transaction():
-        conn.execute("set local role auditdb_owner")
-        conn.execute(
-            "insert into auditdb.log (action, entity_type, entity_id) select 'LOGIN', 'User', g::text "
-            "from generate_series(1, 30) g"
-        )
+    _log(conn, "LOGIN", 30)
     _seal_all(conn)
     target = scalar(conn, "select min(id) from auditdb.log")
     partition = scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (target,))
