@@ -70,6 +70,9 @@ class ArchivedMonth:
     rows: int
     sha256: str | None
     path: Path | None = None
+    # the prune entry's id, and whether the month's entries were sealed before it was pruned
+    entry_id: int = 0
+    sealed: bool = True
     # what reading the archive found (set once it has been read to the end)
     read_rows: int | None = None
     read_sha256: str | None = None
@@ -102,14 +105,15 @@ def pruned_months(
     """The months `partitions prune` dropped, with their archives in archive_dir; and what is wrong with the record.
 
     Only prune entries already sealed count (ids up to sealed_upto): one a superuser adds now
-    changes nothing. An entry naming no month, a month still there, or one that had not ended
-    when the entry was written, is a problem, not a pruned month. With archive_dir, a month
+    changes nothing. An entry naming no month, a month with entries still in the log, or one
+    that had not ended when the entry was written, is a problem, not a pruned month (verify also
+    finds an entry dated after its seal was made). With archive_dir, a month
     archived when pruned whose archive is not there is an AuditDBError (verify could not check).
     conn reads every entry (verify's reading transaction).
     """
+    first = conn.execute("select s.upto_id from auditdb.seal s where s.seal_id = 1").fetchone()
     rows = conn.execute(
-        """select l.id, l.entity_id, l.metadata->>'rows', l.metadata->>'sha256', l.occurred_at,
-                  pg_catalog.to_regclass(pg_catalog.format('auditdb.%%I', l.entity_id)) is not null
+        """select l.id, l.entity_id, l.metadata->>'rows', l.metadata->>'sha256', pg_catalog.format('%%s', l.occurred_at)
              from auditdb.log l
             where l.action = 'AUDIT_CHANGED' and l.entity_type = 'AuditPartition'
               and l.metadata->>'operation' = 'prune' and l.id <= %s
@@ -118,13 +122,17 @@ def pruned_months(
     ).fetchall()
     months: dict[str, ArchivedMonth] = {}
     problems: list[str] = []
-    for entry_id, name, count, digest, at, present in rows:
+    for entry_id, name, count, digest, at in rows:
         bounds = _month_bounds(name) if re.fullmatch(r"log_[0-9]{4}_[0-9]{2}", str(name or "")) else None
         if bounds is None or not str(count or "").isdigit():
             problems.append(f"prune entry {entry_id} names {str(name)[:40]!r}, which is no month auditdb keeps")
             continue
-        if present:
-            problems.append(f"prune entry {entry_id} says {name} was dropped, but auditdb.{name} is there")
+        # Gone means no entry of the month is in the log, whatever its partition is called now.
+        still = conn.execute(
+            "select exists (select from auditdb.log l where l.occurred_at >= %s and l.occurred_at < %s)", bounds
+        ).fetchone()
+        if still and still[0]:
+            problems.append(f"prune entry {entry_id} says {name} was dropped, but entries of that month are there")
             continue
         if time_key(bounds[1]) > time_key(str(at)):
             problems.append(f"prune entry {entry_id} says {name} was dropped on {at}, before the month ended")
@@ -134,7 +142,9 @@ def pruned_months(
             path = archive_dir / f"{name}.jsonl.gz"
             if not path.is_file():
                 raise AuditDBError(f"{name} was archived when pruned, but {path} is not there")
-        months[name] = ArchivedMonth(name, bounds[0], bounds[1], int(count), digest, path)
+        months[name] = ArchivedMonth(
+            name, bounds[0], bounds[1], int(count), digest, path, entry_id, first is not None and entry_id > first[0]
+        )
     return list(months.values()), problems
 
 

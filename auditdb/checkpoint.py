@@ -143,7 +143,10 @@ def read_checkpoint(path: Path, public_key: Path | None) -> dict[str, Any]:
         checkpoint = json.loads(path.read_text())
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
             raise ValueError(f"not {FORMAT}")
-    except (OSError, ValueError) as e:
+        for name, kind in (("database", str), ("seal_id", int), ("seal_sha256", str)):
+            if not isinstance(checkpoint.get(name), kind) or isinstance(checkpoint.get(name), bool):
+                raise ValueError(f"no valid {name!r}")
+    except (OSError, ValueError, RecursionError) as e:
         raise AuditDBError(f"{path} is not an auditdb checkpoint ({e or 'wrong format'})") from e
     check_signature(checkpoint, path, public_key)
     return checkpoint

@@ -40,9 +40,57 @@ def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
 
 # Entries written this long ago and not sealed yet make the seal check warn.
 SEAL_LAG_WARN_SECONDS = 120
+# A newest seal whose bound for later entries is this far behind it makes the seal check warn.
+SEAL_BOUND_WARN_SECONDS = 600
 
 
 def _seal_check(conn: psycopg.Connection[Any]) -> Check:
+    """How far sealing has come, and, when it lags, the transactions holding it back."""
+    check = _seal_progress(conn)
+    if check.level != "ok":
+        return check
+    return _bound_check(conn) or check
+
+
+def _bound_check(conn: psycopg.Connection[Any]) -> Check | None:
+    """A warning when the newest seal's bound for later entries lags far behind it, naming who holds it back.
+
+    The bound cannot pass an event still to be logged: a transaction that emitted and stays open
+    (or is prepared) keeps it where it was, and an entry forged with a time in that window would
+    not show as backdated.
+    """
+    lag = _one(
+        conn,
+        """select case when s.floor_at = '-infinity' then -1
+                       else extract(epoch from s.sealed_at - s.floor_at)::bigint end
+             from auditdb.seal s order by s.seal_id desc limit 1""",
+    )
+    if lag is None or 0 <= lag < SEAL_BOUND_WARN_SECONDS:
+        return None
+    holders = [
+        f"pid {pid}" + (f" ({state} since {since:%Y-%m-%d %H:%M:%S})" if since else "")
+        if pid
+        else "a prepared transaction"
+        for pid, state, since in conn.execute(
+            """select distinct k.pid, a.state, a.xact_start
+                 from pg_catalog.pg_locks k left join pg_catalog.pg_stat_activity a on a.pid = k.pid
+                where k.locktype = 'relation' and k.database = (select d.oid from pg_catalog.pg_database d
+                                                                 where d.datname = current_database())
+                  and k.relation = pg_catalog.pg_get_serial_sequence('auditdb.event_queue', 'id')::regclass
+                order by a.xact_start nulls first limit 5"""
+        )
+    ]
+    behind = "no bound yet" if lag < 0 else f"{lag // 60} min behind"
+    who = f": held back by {'; '.join(holders)}, which emitted and has not ended" if holders else ""
+    return Check(
+        "seals",
+        "warn",
+        f"the newest seal's bound for later entries is {behind}{who} (an entry dated in that window would not "
+        "show as backdated)",
+    )
+
+
+def _seal_progress(conn: psycopg.Connection[Any]) -> Check:
     """How far sealing has come, and, when it lags, the transactions holding it back."""
     row = conn.execute("select seal_id, upto_id, age_seconds, newest_id from auditdb.seal_status()").fetchone()
     seal_id, upto, age, newest = row if row else (None, None, None, 0)

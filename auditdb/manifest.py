@@ -78,16 +78,28 @@ def _digest(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+_SEALED_FIELDS = {"seal_id": int, "upto_id": int, "seal_sha256": str, "entries_sealed": int, "entries_not_sealed": int}
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at path, its shape checked (AuditDBError otherwise: verify-export could not check)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise AuditDBError(f"cannot read the manifest {path}: {getattr(e, 'strerror', None) or e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise AuditDBError(f"{path} is not an auditdb export manifest ({FORMAT})")
     for name, kind in (("rows", int), ("bytes", int), ("sha256", str), ("export_format", str)):
-        if not isinstance(manifest.get(name), kind):
+        if not isinstance(manifest.get(name), kind) or isinstance(manifest.get(name), bool):
             raise AuditDBError(f"{path}: the manifest has no valid {name!r}")
+    sealed = manifest.get("sealed")
+    if sealed is not None and not (
+        isinstance(sealed, dict)
+        and all(isinstance(sealed.get(k), t) and not isinstance(sealed.get(k), bool) for k, t in _SEALED_FIELDS.items())
+    ):
+        raise AuditDBError(f"{path}: the manifest's 'sealed' is not a seal")
+    if not isinstance(manifest.get("filters", {}), dict):
+        raise AuditDBError(f"{path}: the manifest's 'filters' is not an object")
     return manifest
 
 

@@ -72,7 +72,8 @@ def seal_digest(row: dict[str, Any], prev_sha256: bytes | None) -> bytes:
 SEALS_SQL = """
 select s.seal_id, s.sealed_at, s.format, s.prev_upto_id, s.upto_id, s.entry_count, s.entries_sha256,
        s.floor_at, s.prev_sha256, s.seal_sha256,
-       %(since)s::timestamptz is null or s.sealed_at >= %(since)s as check_entries
+       %(since)s::timestamptz is null or s.sealed_at >= %(since)s as check_entries,
+       s.sealed_at + interval '1 second' as ceiling_at
   from auditdb.seal s where s.seal_id > %(after)s order by s.seal_id limit %(page)s"""
 
 # Each entry's values in COPY's text format: as the types print them, in bytes, no row objects.
@@ -101,6 +102,9 @@ class Report:
     archived: int = 0
     # what could not be checked (pruned months whose archive was not given), one line each
     unchecked: list[str] = field(default_factory=list)
+    # the id ranges of the seals not checked, and how many entries they lack in all
+    unchecked_ranges: list[tuple[int, int]] = field(default_factory=list)
+    shortfall: int = 0
     findings: list[Finding] = field(default_factory=list)
     # seal id -> its hash as recomputed here, chained from the first seal
     chain: dict[int, bytes] = field(default_factory=dict)
@@ -227,6 +231,7 @@ class _Seal:
     running: Any = field(default_factory=hashlib.sha256)
     last_id: int | None = None
     backdated: list[str] = field(default_factory=list)
+    future: list[str] = field(default_factory=list)
     repeated: list[str] = field(default_factory=list)
 
     @property
@@ -356,6 +361,7 @@ def verify(
             _finish(s, missing, report)
         if progress is not None:
             progress(report.entries)
+    _check_prunes(pruned, missing, since, report)
     archives.upto(2**63)  # the rest of each archive (entries above the last seal), for its digest
     for m in archives.months:
         problem = m.problem()
@@ -375,30 +381,35 @@ def _check_window(conn: psycopg.Connection[Any], window: list[_Seal], archives: 
         entries = heapq.merge(entries, archived, key=lambda e: e[0])
     k = 0
     s = window[0]
-    floor = s.floor_before.encode()
-    floor_plain = _plain(floor)
-    bounded = floor != b"-infinity"
+    floor, ceiling = s.floor_before.encode(), str(s.row["ceiling_at"]).encode()
+    bounded, both_plain = floor != b"-infinity", _plain(floor) and _plain(ceiling)
     for entry_id, digest, ts in entries:
         if entry_id > s.upto:
             while entry_id > window[k].upto:
                 k += 1
             s = window[k]
-            floor = s.floor_before.encode()
-            floor_plain = _plain(floor)
-            bounded = floor != b"-infinity"
+            floor, ceiling = s.floor_before.encode(), str(s.row["ceiling_at"]).encode()
+            bounded, both_plain = floor != b"-infinity", _plain(floor) and _plain(ceiling)
         s.count += 1
         s.running.update(digest)
         if s.last_id is not None and entry_id <= s.last_id and len(s.repeated) < 10:
             s.repeated.append(str(entry_id))
         s.last_id = entry_id
-        if bounded and _before(ts, floor, floor_plain) and len(s.backdated) < 10:
+        # Dated before the bound an earlier seal set (backdated), or after its own seal was made.
+        if both_plain and len(ts) >= 22 and ts[4] == 45 and ts[-3] == 43:  # plain times order as bytes
+            early, late = bounded and ts < floor, ts > ceiling
+        else:
+            key = time_key(ts)
+            early, late = bounded and key < time_key(floor), key > time_key(ceiling)
+        if early and len(s.backdated) < 10:
             s.backdated.append(str(entry_id))
+        if late and len(s.future) < 10:
+            s.future.append(str(entry_id))
 
 
 def _finish(s: _Seal, missing: list[ArchivedMonth], report: Report) -> None:
     found = report.findings.append
     sid, after, upto = s.id, s.after, s.upto
-    report.entries += s.count
     if s.repeated:
         found(Finding("entries-altered", f"entry ids {', '.join(s.repeated)} (seal {sid}) appear more than once"))
     if s.backdated:
@@ -409,7 +420,16 @@ def _finish(s: _Seal, missing: list[ArchivedMonth], report: Report) -> None:
                 "written later than their time says",
             )
         )
+    if s.future:
+        found(
+            Finding(
+                "future-dated",
+                f"entries {', '.join(s.future)} (seal {sid}) are dated after their seal was made: "
+                "written with a time that had not come",
+            )
+        )
     if s.count == int(s.row["entry_count"]) and s.running.digest() == bytes(s.row["entries_sha256"]):
+        report.entries += s.count
         return
     months = [m.name for m in missing if _overlaps(s, m)]
     if months and s.count < int(s.row["entry_count"]):
@@ -417,13 +437,45 @@ def _finish(s: _Seal, missing: list[ArchivedMonth], report: Report) -> None:
             f"seal {sid} (entries {after + 1} to {upto}) holds entries of {', '.join(months)}, pruned: "
             "give its archive (--archive-dir) to check them"
         )
+        report.unchecked_ranges.append((after, upto))
+        report.shortfall += int(s.row["entry_count"]) - s.count
         return
+    report.entries += s.count
     what = (
         f"{s.row['entry_count']} sealed, {s.count} there now"
         if s.count != int(s.row["entry_count"])
         else "the same number, different content or order"
     )
     found(Finding("entries-altered", f"entries {after + 1} to {upto} (seal {sid}) were changed since sealed: {what}"))
+
+
+def _check_prunes(pruned: list[ArchivedMonth], missing: list[ArchivedMonth], since: str | None, report: Report) -> None:
+    """The seals left unchecked must be explained by the prunes: lacking what they dropped, no more.
+
+    A prune entry in a seal that could not be checked proves nothing (it could have been written
+    there after the fact); and the entries the unchecked seals lack must be exactly those the
+    prunes without archives dropped (entries of months pruned before sealing began were never
+    sealed, and do not count).
+    """
+    found = report.findings.append
+    for month in pruned:
+        if any(after < month.entry_id <= upto for after, upto in report.unchecked_ranges):
+            found(
+                Finding(
+                    "prune-invalid",
+                    f"the prune entry of {month.name} ({month.entry_id}) is in a seal that could not be checked",
+                )
+            )
+    if since is None and report.unchecked:
+        dropped = sum(m.rows for m in missing if m.sealed)
+        if report.shortfall != dropped:
+            found(
+                Finding(
+                    "entries-altered",
+                    f"the seals holding entries of pruned months lack {report.shortfall} entries; "
+                    f"the prunes without archives dropped {dropped}",
+                )
+            )
 
 
 def _check_tail(conn: psycopg.Connection[Any], prev_upto: int, report: Report) -> None:

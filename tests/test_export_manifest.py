@@ -195,3 +195,39 @@ def test_a_checkpoint_signs_the_last_seal_it_checked_while_sealing_goes_on(
     made = checkpoint_module.make_checkpoint(conn, key)
     assert made["seal_id"] == 1
     assert conn.execute("select max(seal_id) from auditdb.seal").fetchone() == (2,)
+
+
+def test_a_crafted_manifest_is_could_not_check_not_a_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "a.csv"
+    out.write_text("Timestamp\n")
+    good = {"format": "auditdb-export-manifest-1", "rows": 0, "bytes": 10, "sha256": "x", "export_format": "csv"}
+    for bad in (
+        {**good, "sealed": {"seal_id": 1}},
+        {
+            **good,
+            "sealed": {
+                "seal_id": 1,
+                "upto_id": 1,
+                "seal_sha256": "x",
+                "entries_sealed": "many",
+                "entries_not_sealed": 0,
+            },
+        },
+        {**good, "rows": True},
+    ):
+        Path(f"{out}.manifest.json").write_text(json.dumps(bad))
+        result = _invoke("verify-export", str(out))
+        assert result.exit_code == 3 and result.output.startswith("Error: could not verify the export"), result.output
+    Path(f"{out}.manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = _invoke("verify-export", str(out))
+    assert result.exit_code == 3 and "cannot read the manifest" in result.output, result.output
+
+
+def test_a_crafted_checkpoint_is_could_not_check(tmp_path: Path) -> None:
+    public = tmp_path / "op.pem"
+    generate_key(public)
+    crafted = tmp_path / "checkpoint.json"
+    for text in ("[" * 100_000 + "]" * 100_000, json.dumps({"format": "auditdb-checkpoint-1", "seal_id": "1"})):
+        crafted.write_text(text)
+        result = _invoke("verify", "--checkpoint", str(crafted), "--public-key", f"{public}.pub")
+        assert result.exit_code == 3 and "is not an auditdb checkpoint" in result.output, result.output

@@ -479,3 +479,29 @@ def test_the_worker_seals_at_its_pace_whatever_its_poll_interval(conn: psycopg.C
     finally:
         worker.stop()
         thread.join(30)
+
+
+def test_doctor_names_an_emitter_holding_the_bound_back(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emitter that stays open keeps the bound for later entries where it was: doctor says so, and who."""
+    from auditdb import doctor
+
+    _write(conn, 3)
+    _seal_all(conn)
+    with psycopg.connect(dsn, autocommit=True) as emitter:
+        emitter.execute("begin")
+        emitter.execute("select auditdb.emit('LOGIN', entity_type => 'User', entity_id => 'held')")
+        emitter.execute("prepare transaction 'auditdb_test_bound'")
+        try:
+            _write(conn, 2)
+            _seal_all(conn)
+            _write(conn, 2)
+            _seal_all(conn)
+            assert _seal_check(conn).level == "ok"  # a bound seconds behind: nothing to say
+            monkeypatch.setattr(doctor, "SEAL_BOUND_WARN_SECONDS", 0)
+            check = _seal_check(conn)
+            assert check.level == "warn", check
+            assert "bound for later entries is 0 min behind: held back by a prepared transaction" in check.detail
+        finally:
+            emitter.execute("rollback prepared 'auditdb_test_bound'")

@@ -75,7 +75,7 @@ def _server_digests(conn: psycopg.Connection[Any]) -> dict[int, bytes]:
 
 
 def test_verify_reads_escaped_values_like_the_server(conn: psycopg.Connection[Any]) -> None:
-    _write_tricky(conn, scalar(conn, "select now()"))
+    _write_tricky(conn, scalar(conn, "select now() - interval '1 minute'"))
     expected = _server_digests(conn)
     got = {entry_id: digest for entry_id, digest, _ in _live_entries(conn, 0, 10**9)}
     assert got == expected
@@ -200,7 +200,7 @@ def test_a_dump_restored_into_another_database_still_verifies(
     conn: psycopg.Connection[Any], pg_server: Any, dsn: str, dbname: str, tmp_path: Path
 ) -> None:
     """Canonical form 1 depends on values only: pg_dump and pg_restore keep every seal verifying."""
-    _write_tricky(conn, scalar(conn, "select now()"))
+    _write_tricky(conn, scalar(conn, "select now() - interval '1 minute'"))
     _log(conn, "LOGIN", 500)
     _seal_all(conn)
     before = verify(conn)
@@ -259,7 +259,8 @@ def test_a_forged_prune_entry_hides_nothing(conn: psycopg.Connection[Any]) -> No
     assert not report.unchecked, report.unchecked
     assert any("(seal 1) were changed since sealed" in f for f in found), found
     assert any("prune-invalid" in f and "'log_2025_99', which is no month" in f for f in found), found
-    assert any("prune-invalid" in f and f"auditdb.{this_month} is there" in f for f in found), found
+    there = f"says {this_month} was dropped, but entries of that month are there"
+    assert any("prune-invalid" in f and there in f for f in found), found
     assert any(
         "prune-invalid" in f and "log_2999_01 was dropped on" in f and "before the month ended" in f for f in found
     )
@@ -291,3 +292,53 @@ def test_an_archive_nested_deeper_than_pythons_parser_still_verifies(
     path, rows = archive_partition(conn, name, tmp_path)
     month = ArchivedMonth(name, "", "", rows, None, path)
     assert {entry_id: digest for entry_id, digest, _ in archived_entries(month)} == expected
+
+
+def test_a_forged_prune_of_a_renamed_month_dated_ahead_hides_nothing(conn: psycopg.Connection[Any]) -> None:
+    """The second review's attack: a prune entry dated next month, the month's partition renamed."""
+    _log(conn, "LOGIN", 30)
+    _seal_all(conn)
+    _log(conn, "LOGOUT", 10)
+    _seal_all(conn)
+    target = scalar(conn, "select min(id) from auditdb.log")
+    partition = scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (target,))
+    name = partition.removeprefix("auditdb.")
+    with conn.transaction():
+        conn.execute("set local role auditdb_owner")
+        conn.execute(
+            "insert into auditdb.log (occurred_at, action, entity_type, entity_id, metadata) "
+            """values (auditdb.month_start(1) + interval '1 hour', 'AUDIT_CHANGED', 'AuditPartition', %s,
+                      '{"operation": "prune", "rows": "0"}')""",
+            (name,),
+        )
+    _seal_all(conn)
+    with conn.transaction():
+        conn.execute("select auditdb.begin_maintenance()")
+        conn.execute(f"alter table {partition} rename to {name}_x")
+    _as_superuser_unguarded(conn, f"{partition}_x", "delete from {t} where id = %s", (target,))
+    report = verify(conn)
+    found = [f"{f.kind}: {f.message}" for f in report.findings]
+    assert not report.unchecked, report.unchecked
+    assert any(f.startswith("future-dated") and "dated after their seal was made" in f for f in found), found
+    assert any(f.startswith("prune-invalid") and "entries of that month are there" in f for f in found), found
+    assert any("(seal 1) were changed since sealed: 30 sealed, 29 there now" in f for f in found), found
+
+
+def test_seals_left_unchecked_must_lack_only_what_the_prunes_dropped(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A month pruned with --force (no archive): its seals are not checked, but a deletion beside it is found."""
+    old = _past_partition(conn, 3, rows=40)
+    _log(conn, "LOGIN", 10)
+    _seal_all(conn)
+    result = CliRunner().invoke(cli, ["--dsn", conn.info.dsn, "partitions", "prune", "--older-than", "2", "--force"])
+    assert result.exit_code == 0 and f"dropped auditdb.{old}" in result.output, result.output
+    _seal_all(conn)
+    honest = verify(conn)
+    assert honest.ok and len(honest.unchecked) == 1, honest.findings
+    assert honest.entries == 1  # only seal 2 (the prune entry): none of seal 1's entries counts as checked
+    target = scalar(conn, "select max(id) from auditdb.log where action = 'LOGIN'")
+    partition = scalar(conn, "select tableoid::regclass::text from auditdb.log where id = %s", (target,))
+    _as_superuser_unguarded(conn, partition, "delete from {t} where id = %s", (target,))
+    found = [f"{f.kind}: {f.message}" for f in verify(conn).findings]
+    assert any("lack 41 entries; the prunes without archives dropped 40" in f for f in found), found
