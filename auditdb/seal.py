@@ -215,12 +215,6 @@ def _plain(printed: bytes) -> bool:
     return len(printed) >= 22 and printed[4] == 45 and printed[-3] == 43  # '-' and '+'
 
 
-def _before(ts: bytes, floor: bytes, floor_plain: bool) -> bool:
-    if floor_plain and _plain(ts):
-        return ts < floor
-    return floor != b"-infinity" and time_key(ts) < time_key(floor)
-
-
 @dataclass
 class _Seal:
     """A seal read for checking, with what the entries of its range add up to."""
@@ -381,30 +375,34 @@ def _check_window(conn: psycopg.Connection[Any], window: list[_Seal], archives: 
         entries = heapq.merge(entries, archived, key=lambda e: e[0])
     k = 0
     s = window[0]
-    floor, ceiling = s.floor_before.encode(), str(s.row["ceiling_at"]).encode()
-    bounded, both_plain = floor != b"-infinity", _plain(floor) and _plain(ceiling)
+    floor, ceiling, plain = _bounds(s)
     for entry_id, digest, ts in entries:
         if entry_id > s.upto:
             while entry_id > window[k].upto:
                 k += 1
             s = window[k]
-            floor, ceiling = s.floor_before.encode(), str(s.row["ceiling_at"]).encode()
-            bounded, both_plain = floor != b"-infinity", _plain(floor) and _plain(ceiling)
+            floor, ceiling, plain = _bounds(s)
         s.count += 1
         s.running.update(digest)
         if s.last_id is not None and entry_id <= s.last_id and len(s.repeated) < 10:
             s.repeated.append(str(entry_id))
         s.last_id = entry_id
-        # Dated before the bound an earlier seal set (backdated), or after its own seal was made.
-        if both_plain and len(ts) >= 22 and ts[4] == 45 and ts[-3] == 43:  # plain times order as bytes
-            early, late = bounded and ts < floor, ts > ceiling
-        else:
-            key = time_key(ts)
-            early, late = bounded and key < time_key(floor), key > time_key(ceiling)
-        if early and len(s.backdated) < 10:
+        # Dated from the bound an earlier seal set to when its own seal was made (plain times
+        # order as their bytes do; any other takes the slow path).
+        if plain and len(ts) >= 22 and ts[4] == 45 and ts[-3] == 43 and floor <= ts <= ceiling:
+            continue
+        key = time_key(ts)
+        if floor and key < time_key(floor) and len(s.backdated) < 10:
             s.backdated.append(str(entry_id))
-        if late and len(s.future) < 10:
+        if key > time_key(ceiling) and len(s.future) < 10:
             s.future.append(str(entry_id))
+
+
+def _bounds(s: _Seal) -> tuple[bytes, bytes, bool]:
+    """The seal's bounds on its entries' times, printed: floor (b"" for none) and ceiling; both plain?"""
+    floor = b"" if s.floor_before == "-infinity" else s.floor_before.encode()
+    ceiling = str(s.row["ceiling_at"]).encode()
+    return floor, ceiling, (not floor or _plain(floor)) and _plain(ceiling)
 
 
 def _finish(s: _Seal, missing: list[ArchivedMonth], report: Report) -> None:
