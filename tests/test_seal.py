@@ -263,6 +263,7 @@ def test_a_backdated_entry_is_found_before_and_after_it_is_sealed(
     assert any(f.startswith("backdated") and "(seal" in f for f in found), found
 
 
+@pytest.mark.slow  # waits out seconds between seals: `./run test -m slow`
 def test_an_event_committed_long_after_it_was_emitted_is_not_backdated(conn: psycopg.Connection[Any], dsn: str) -> None:
     """An event is dated when emitted; its transaction may commit seals later: the bound allows for it.
 

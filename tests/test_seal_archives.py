@@ -196,6 +196,7 @@ def test_verify_reads_many_seals_in_windows(conn: psycopg.Connection[Any], monke
     assert since.ok and since.skipped == 7 and since.entries == 0
 
 
+@pytest.mark.slow  # pg_dump and pg_restore of a whole database: `./run test -m slow`
 def test_a_dump_restored_into_another_database_still_verifies(
     conn: psycopg.Connection[Any], pg_server: Any, dsn: str, dbname: str, tmp_path: Path
 ) -> None:
