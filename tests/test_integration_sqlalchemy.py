@@ -122,6 +122,20 @@ def flask_app(engine: Any) -> Any:
     return app
 
 
+def test_flask_teardown_leaves_no_context_behind(flask_app: Any) -> None:
+    """before_request sets the request's context in this very context; teardown takes it away again.
+
+    (The test client runs each request in a copy of the context, so a check after client calls
+    could not fail; this one drives the hooks in the test's own context.)
+    """
+    with flask_app.test_request_context("/orders", method="POST", headers={"X-User": "ann"}):
+        flask_app.preprocess_request()
+        assert active()
+        flask_app.do_teardown_request()
+        assert not active()
+    assert not active()
+
+
 def test_flask_requests(flask_app: Any, conn: psycopg.Connection[Any]) -> None:
     client = flask_app.test_client()
     environ = {"REMOTE_ADDR": "10.9.0.4"}
@@ -137,7 +151,6 @@ def test_flask_requests(flask_app: Any, conn: psycopg.Connection[Any]) -> None:
         client.post("/orders", data={"item": "flask anonymous"}, environ_base={"REMOTE_ADDR": "192.0.2.9"}).status_code
         == 200
     )
-    assert not active()  # nothing of the requests is left set in this thread
     (entry,) = _orders(conn, "flask order")
     assert (entry["actor_id"], str(entry["ip"]), entry["tenant_id"], entry["user_agent"]) == (
         "ann",
