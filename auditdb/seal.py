@@ -1,13 +1,14 @@
 """Seals and their proof: `auditdb seal` runs the sealer, `auditdb verify` recomputes the chain here.
 
 verify never trusts the server's hash functions (a superuser can replace them): it reads each
-entry's values as their types print them (no cast, which a superuser could define) and hashes them
-in Python, in canonical form 1 (sql/definitions/seal.sql describes it; ENTRY_COLUMNS below is this
-side's own list of the same fields, and a test checks that both sides agree). A role that does
-not read every entry cannot verify (exit 3). What it reports, with exit 1: a seal missing,
-altered or out of the chain; the
-entries of a seal's range edited, deleted, added or reordered (a dropped or detached partition
-shows as its entries missing); an entry dated before the bound an earlier seal set (backdated).
+entry's values as their types print them (COPY's text, no cast, which a superuser could define)
+and hashes them in Python, in canonical form 1 (auditdb/canonical.py; sql/definitions/seal.sql
+computes the same, and a test checks that both sides agree). A role that does not read every
+entry cannot verify (exit 3). What it reports, with exit 1: a seal missing, altered or out of
+the chain; the entries of a seal's range edited, deleted, added or reordered (a dropped or
+detached partition shows as its entries missing); an entry dated before the bound an earlier
+seal set (backdated) or after its own seal was made (future-dated); a prune entry that explains
+nothing. Pruned months are read from their archives (auditdb/archive.py) when given.
 """
 
 from __future__ import annotations
