@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from auditdb.errors import AuditDBError
+from auditdb.errors import AuditDBError, SignatureMismatch
 from auditdb.seal import Report, verify
 
 __all__ = [
@@ -67,7 +67,7 @@ def load_private_key(key_path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:  # TypeError: a key that needs a password
-        raise AuditDBError(f"cannot read the private key {key_path}: {e}") from e
+        raise AuditDBError(f"cannot read the private key {key_path}: {getattr(e, 'strerror', None) or e}") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise AuditDBError(f"{key_path} is not an Ed25519 private key")
     return key
@@ -82,23 +82,33 @@ def sign(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 
 
 def check_signature(document: dict[str, Any], path: Path | str, public_key: Path | None) -> None:
-    """Raise AuditDBError unless the document's signature checks (with public_key when given, which it must name)."""
+    """Check the document's signature (with public_key when given, which it must name).
+
+    AuditDBError when the public key cannot be read (nothing was checked); SignatureMismatch when
+    the document is not what that key signed.
+    """
+    pinned: Ed25519PublicKey | None = None
+    if public_key is not None:
+        try:
+            loaded = serialization.load_pem_public_key(public_key.read_bytes())
+        except ValueError as e:
+            raise AuditDBError(f"{public_key} is not a PEM public key (give KEY.pub, not the private key)") from e
+        except OSError as e:
+            raise AuditDBError(f"cannot read the public key {public_key}: {e.strerror or e}") from e
+        if not isinstance(loaded, Ed25519PublicKey):
+            raise AuditDBError(f"{public_key} is not an Ed25519 public key")
+        pinned = loaded
     try:
         embedded = Ed25519PublicKey.from_public_bytes(base64.b64decode(document["public_key"]))
         signature = base64.b64decode(document["signature"])
     except (ValueError, KeyError, TypeError) as e:
-        raise AuditDBError(f"{path} carries no readable signature ({e})") from e
-    if public_key is not None:
-        try:
-            pinned = serialization.load_pem_public_key(public_key.read_bytes())
-        except ValueError as e:
-            raise AuditDBError(f"{public_key} is not a PEM public key") from e
-        if not isinstance(pinned, Ed25519PublicKey) or _raw_public(pinned) != document["public_key"]:
-            raise AuditDBError(f"{path} was not signed with the key in {public_key}")
+        raise SignatureMismatch(f"{path} carries no readable signature ({e})") from e
+    if pinned is not None and _raw_public(pinned) != document["public_key"]:
+        raise SignatureMismatch(f"{path} was not signed with the key in {public_key}")
     try:
         embedded.verify(signature, _payload(document))
     except InvalidSignature:
-        raise AuditDBError(f"{path}: the signature does not match its contents (the file was altered)") from None
+        raise SignatureMismatch(f"{path}: the signature does not match its contents (the file was altered)") from None
 
 
 def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, Any]:
@@ -138,7 +148,10 @@ def make_checkpoint(conn: psycopg.Connection[Any], key_path: Path) -> dict[str, 
 
 
 def read_checkpoint(path: Path, public_key: Path | None) -> dict[str, Any]:
-    """A checkpoint whose signature checks (with public_key when given, which it must name)."""
+    """A checkpoint whose signature checks (with public_key when given, which it must name).
+
+    AuditDBError when it cannot be read; SignatureMismatch when it is not what the key signed.
+    """
     try:
         checkpoint = json.loads(path.read_text())
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
@@ -146,7 +159,9 @@ def read_checkpoint(path: Path, public_key: Path | None) -> dict[str, Any]:
         for name, kind in (("database", str), ("seal_id", int), ("seal_sha256", str)):
             if not isinstance(checkpoint.get(name), kind) or isinstance(checkpoint.get(name), bool):
                 raise ValueError(f"no valid {name!r}")
-    except (OSError, ValueError, RecursionError) as e:
+    except OSError as e:
+        raise AuditDBError(f"cannot read the checkpoint {path}: {e.strerror or e}") from e
+    except (ValueError, RecursionError) as e:
         raise AuditDBError(f"{path} is not an auditdb checkpoint ({e or 'wrong format'})") from e
     check_signature(checkpoint, path, public_key)
     return checkpoint

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
 import psycopg
 
 from auditdb.cli_common import connection as _connection
+from auditdb.cli_read import _time
 from auditdb.db import describe_error
-from auditdb.errors import AuditDBError
+from auditdb.errors import AuditDBError, SignatureMismatch
 
 __all__ = ["COMMANDS"]
 
@@ -34,10 +36,22 @@ def seal_cmd(ctx: click.Context, max_entries: int) -> None:
     from auditdb.seal import seal
 
     with _connection(ctx) as conn:
-        sealed = seal(conn, max_entries)
-        last = conn.execute("select max(seal_id), max(upto_id) from auditdb.seal").fetchone()
+        try:
+            sealed = seal(conn, max_entries)
+        except psycopg.errors.InsufficientPrivilege:
+            raise AuditDBError(
+                f"{conn.info.user} may not seal: sealing needs an admin of this database "
+                "(`auditdb grant ROLE --admin`) or a superuser"
+            ) from None
+        row = conn.execute(
+            "select s.seal_id, s.upto_id, (select case when q.is_called then q.last_value else 0 end"
+            " from auditdb.log_id_seq q) from auditdb.seal s order by s.seal_id desc limit 1"
+        ).fetchone()
+    seal_id, upto, newest = row if row else (None, 0, None)
     if sealed:
-        click.echo(f"sealed {sealed} entries; the chain now ends at seal {last[0]} (entry {last[1]})")  # type: ignore[index]
+        click.echo(f"sealed {sealed} entries; the chain now ends at seal {seal_id} (entry {upto})")
+    elif seal_id is not None and newest is not None and newest <= upto:
+        click.echo(f"every entry is sealed (seal {seal_id}, up to entry {upto})")
     else:
         click.echo("nothing to seal yet: new entries are sealed once the transactions running now have ended")
 
@@ -46,6 +60,7 @@ def seal_cmd(ctx: click.Context, max_entries: int) -> None:
 @click.option(
     "--since",
     metavar="TIME",
+    callback=lambda _ctx, _param, value: None if value is None else _time(value, "--since"),
     help="Read only the entries of seals made since TIME (ISO, 7d, 12h); every seal and the chain are still checked.",
 )
 @click.option(
@@ -67,7 +82,7 @@ def seal_cmd(ctx: click.Context, max_entries: int) -> None:
 @click.pass_context
 def verify_cmd(
     ctx: click.Context,
-    since: str | None,
+    since: datetime | None,
     archive_dir: Path | None,
     checkpoint_path: Path | None,
     public_key: Path | None,
@@ -81,15 +96,22 @@ def verify_cmd(
     as not checked.
     """
     from auditdb.checkpoint import check_checkpoint, read_checkpoint
-    from auditdb.query import parse_time
     from auditdb.seal import verify
 
+    if checkpoint_path is not None and public_key is None:
+        raise click.UsageError(
+            "--checkpoint needs --public-key: the key in the file proves nothing about who signed it"
+        )
+    if public_key is not None and checkpoint_path is None:
+        raise click.UsageError("--public-key checks a checkpoint: give --checkpoint FILE too")
+    forged: list[str] = []
     try:
-        if checkpoint_path is not None and public_key is None:
-            raise AuditDBError(
-                "--checkpoint needs --public-key: the key in the file proves nothing about who signed it"
-            )
-        checkpoint = read_checkpoint(checkpoint_path, public_key) if checkpoint_path else None
+        checkpoint = None
+        if checkpoint_path is not None:
+            try:
+                checkpoint = read_checkpoint(checkpoint_path, public_key)
+            except SignatureMismatch as e:  # not the operator's checkpoint: a finding
+                forged.append(str(e))
         with _connection(ctx) as conn:
             shown = [0]
 
@@ -98,9 +120,9 @@ def verify_cmd(
                     shown[0] = done
                     click.echo(f"… {done:,} entries checked", err=True)
 
-            start = parse_time(since).isoformat() if since is not None else None
+            start = since.isoformat() if since is not None else None
             report = verify(conn, progress, since=start, archive_dir=archive_dir)
-            findings = [f.message for f in report.findings]
+            findings = forged + [f.message for f in report.findings]
             if checkpoint is not None:
                 findings += check_checkpoint(conn, checkpoint, report)
     except (AuditDBError, OSError) as e:
@@ -139,12 +161,32 @@ def verify_cmd(
     help="The operator's Ed25519 private key (PEM), kept outside the database (default $AUDITDB_SIGNING_KEY).",
 )
 @click.option("--generate-key", is_flag=True, help="Create --key (and KEY.pub) first; refuses to overwrite one.")
-@click.option("--output", "-o", default="-", show_default=True, help="Where to write the checkpoint (- for stdout).")
+@click.option(
+    "--output",
+    "-o",
+    default="-",
+    show_default=True,
+    metavar="FILE",
+    help="Where to write the checkpoint (- for stdout); an existing file is never overwritten.",
+)
 @click.pass_context
 def checkpoint_cmd(ctx: click.Context, key_path: Path, generate_key: bool, output: str) -> None:
-    """Write the newest seal, signed with the operator's key: `verify --checkpoint` proves the log still extends it."""
+    """Write the newest seal, signed with the operator's key: `verify --checkpoint` proves the log still extends it.
+
+    The chain of seal hashes is recomputed here first, and a chain that does not verify is not
+    signed (the entries are `auditdb verify`'s to check). Exit 1 on any error.
+    """
     from auditdb.checkpoint import generate_key as make_key
     from auditdb.checkpoint import make_checkpoint
+
+    if not output:
+        raise click.BadParameter("an empty path: name a file, or - for standard output", param_hint="--output")
+    if output != "-":
+        target = Path(output)
+        if target.exists() or target.is_symlink():
+            raise click.BadParameter(f"{output} exists: a checkpoint never replaces a file", param_hint="--output")
+        if target.resolve() in (key_path.resolve(), key_path.with_name(key_path.name + ".pub").resolve()):
+            raise click.BadParameter("that is the key's own file", param_hint="--output")
 
     if generate_key:
         public = make_key(key_path)
@@ -155,7 +197,11 @@ def checkpoint_cmd(ctx: click.Context, key_path: Path, generate_key: bool, outpu
     if output == "-":
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text)
+        try:
+            with open(output, "x", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise AuditDBError(f"cannot write the checkpoint {output}: {e.strerror or e}") from e
         click.echo(f"checkpoint at seal {checkpoint['seal_id']} written to {output}", err=True)
 
 
@@ -181,6 +227,8 @@ def verify_export_cmd(file: Path, manifest_path: Path | None, public_key: Path |
     """
     from auditdb.manifest import describe, verify_export
 
+    if not str(file) or str(file) == ".":
+        raise click.BadParameter("an empty path: name the export file", param_hint="FILE")
     where = manifest_path or file.with_name(file.name + ".manifest.json")
     try:
         manifest, problems = verify_export(file, where, public_key)
@@ -190,7 +238,7 @@ def verify_export_cmd(file: Path, manifest_path: Path | None, public_key: Path |
     for line in problems:
         click.echo(f"FOUND  {line}")
     if problems:
-        click.echo(f"{len(problems)} finding(s): {file} is not the export its manifest describes")
+        click.echo(f"{len(problems)} finding(s): {file} and {where} are not an export as `auditdb export` wrote it")
         sys.exit(1)
     if "signature" in manifest:
         who = (

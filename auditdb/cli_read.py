@@ -295,7 +295,7 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
     type=click.Choice(["csv", "jsonl"]),
     default="csv",
     show_default=True,
-    help="csv (the SPEC's columns, spreadsheet-safe) or jsonl (one object per entry, values as stored).",
+    help="csv (the columns REFERENCE.md lists, spreadsheet-safe) or jsonl (one object per entry, values as stored).",
 )
 @click.option(
     "--actor",
@@ -305,8 +305,8 @@ def history(ctx: click.Context, entity_type: str, entity_id: str, as_of: str | N
 @click.option(
     "--manifest",
     metavar="FILE",
-    help="Where to write the manifest (rows, sha256, sealed range). Default: OUTPUT.manifest.json beside a "
-    "regular file; none for stdout or a device unless given.",
+    help="Where to write the manifest (rows, sha256, sealed range; - for standard output). Default: "
+    "OUTPUT.manifest.json beside a regular file; none for stdout or a device unless given.",
 )
 @click.option(
     "--key",
@@ -328,7 +328,7 @@ def export_cmd(
 ) -> None:
     """Stream matching entries to a file, newest first, with constant memory; log DATA_EXPORTED.
 
-    csv: the SPEC's header and columns, UTC ISO-8601 times, cells a spreadsheet would run as
+    csv: the header and columns REFERENCE.md lists, UTC ISO-8601 times, cells a spreadsheet would run as
     formulas prefixed with '. jsonl: one JSON object per entry, values as stored. A regular file
     is written under a temporary name beside it and renamed when complete (a failed export leaves
     no file under the target name); devices, FIFOs and stdout are written in place. An export
@@ -340,6 +340,7 @@ def export_cmd(
 
     if not output:
         raise click.BadParameter("an empty path: name a file, or - for standard output", param_hint="--output")
+    _check_manifest_target(output, manifest, key_path)
     filters = _filters(kwargs)
     show_progress = not is_stdout(output) and sys.stderr.isatty()
 
@@ -354,8 +355,44 @@ def export_cmd(
     if not is_stdout(output):
         click.echo(f"exported {rows} entries to {safe(output)} ({fmt}); logged as DATA_EXPORTED", err=True)
     where = manifest or (output + ".manifest.json" if Path(output).is_file() else None)
-    if where:
+    if where and where != "-":
         click.echo(f"manifest: {safe(where)}" + (" (signed)" if key_path else ""), err=True)
+
+
+def _check_manifest_target(output: str, manifest: str | None, key_path: Path | None) -> None:
+    """Refuse, before anything is exported, a manifest that could not be written or would destroy a file."""
+    stdout = is_stdout(output)
+    if manifest is None:
+        if key_path is not None and stdout:
+            raise click.BadParameter(
+                "--key signs the manifest, and standard output gets none: add --manifest FILE", param_hint="--key"
+            )
+        return
+    if manifest == "":
+        raise click.BadParameter("an empty path: name a file, or - for standard output", param_hint="--manifest")
+    if manifest == "-":
+        if stdout:
+            raise click.BadParameter("the export already goes to standard output", param_hint="--manifest")
+        return
+    target = Path(manifest)
+    if target.is_dir():
+        raise click.BadParameter(f"{manifest} is a directory", param_hint="--manifest")
+    if not target.parent.is_dir():
+        raise click.BadParameter(f"no directory {target.parent} to write {manifest} in", param_hint="--manifest")
+    mine = {Path(output).resolve()} if not stdout else set()
+    if key_path is not None:
+        mine |= {key_path.resolve(), key_path.with_name(key_path.name + ".pub").resolve()}
+    if target.resolve() in mine:
+        raise click.BadParameter(f"{manifest} is the export's or the key's own file", param_hint="--manifest")
+    if target.exists():
+        from auditdb.manifest import read_manifest
+
+        try:
+            read_manifest(target)
+        except AuditDBError:
+            raise click.BadParameter(
+                f"{manifest} exists and is not an export manifest: it is not replaced", param_hint="--manifest"
+            ) from None
 
 
 # Registered by auditdb.cli, which gives each its global options.

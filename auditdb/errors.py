@@ -16,6 +16,10 @@ class AuditDBError(Exception):
     """Root of auditdb's errors; the message is one line a user can act on."""
 
 
+class SignatureMismatch(AuditDBError):
+    """A signed file was not signed with the key given, or was altered after: a finding, not a failure to check."""
+
+
 class ConfigError(AuditDBError):
     """auditdb.toml is missing, malformed or names something that does not exist."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from auditdb.checkpoint import check_signature, load_private_key, sign
-from auditdb.errors import AuditDBError
+from auditdb.errors import AuditDBError, SignatureMismatch
 
 __all__ = ["FORMAT", "count_rows", "describe", "read_manifest", "verify_export", "write_manifest"]
 
@@ -34,6 +34,10 @@ def write_manifest(path: str, manifest: dict[str, Any], key_path: Path | None) -
     if key_path is not None:
         document = sign(document, load_private_key(key_path))
     text = json.dumps(document, indent=2, ensure_ascii=True) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return document
     directory, base = os.path.split(os.path.abspath(path))
     temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.partial")
     try:
@@ -85,8 +89,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest at path, its shape checked (AuditDBError otherwise: verify-export could not check)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise AuditDBError(f"cannot read the manifest {path}: {getattr(e, 'strerror', None) or e}") from e
+    except OSError as e:
+        raise AuditDBError(f"cannot read the manifest {path}: {e.strerror or e}") from e
+    except (ValueError, RecursionError) as e:
+        raise AuditDBError(f"{path} is not an auditdb export manifest (not JSON: {e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise AuditDBError(f"{path} is not an auditdb export manifest ({FORMAT})")
     for name, kind in (("rows", int), ("bytes", int), ("sha256", str), ("export_format", str)):
@@ -108,13 +114,15 @@ def verify_export(file: Path, manifest_path: Path, public_key: Path | None) -> t
 
     AuditDBError when something cannot be read at all.
     """
+    if not file.is_file():
+        raise AuditDBError(f"cannot read {file}: " + ("it is not a file" if file.exists() else "no such file"))
     manifest = read_manifest(manifest_path)
     problems: list[str] = []
     signed = "signature" in manifest or "public_key" in manifest
     if signed:
         try:
             check_signature(manifest, manifest_path, public_key)
-        except AuditDBError as e:
+        except SignatureMismatch as e:
             problems.append(str(e))
     elif public_key is not None:
         problems.append(f"{manifest_path} is not signed, so nothing shows it was signed with the key in {public_key}")

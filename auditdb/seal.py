@@ -138,7 +138,7 @@ def seal(conn: psycopg.Connection[Any], max_entries: int = 100_000, *, rounds: i
 def _reading(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
     """A short transaction reading values as their types print them, every row in view.
 
-    A superuser or BYPASSRLS role reads with row_security off (no policy can hide a row from it);
+    A superuser, or an admin with BYPASSRLS, reads with row_security off (no policy can hide a row from it);
     an admin who reads every tenant reads under auditdb's policies, whose shape `doctor` checks;
     anyone else cannot verify (AuditDBError: exit 3), since it proves nothing about rows it cannot see.
     """
@@ -154,7 +154,8 @@ def _reading(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]
         elif not (row and row[1]):
             raise AuditDBError(
                 f"{conn.info.user} does not read every entry (a viewer, or an admin bound to tenants): "
-                "verify needs an admin of every tenant, a superuser or a BYPASSRLS role"
+                "this needs an admin of every tenant (`auditdb grant ROLE --admin`, no --tenant), a superuser, "
+                "or an admin with BYPASSRLS"
             )
         yield conn
 

@@ -220,7 +220,7 @@ def test_a_crafted_manifest_is_could_not_check_not_a_traceback(tmp_path: Path) -
         assert result.exit_code == 3 and result.output.startswith("Error: could not verify the export"), result.output
     Path(f"{out}.manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     result = _invoke("verify-export", str(out))
-    assert result.exit_code == 3 and "cannot read the manifest" in result.output, result.output
+    assert result.exit_code == 3 and "is not an auditdb export manifest (not JSON" in result.output, result.output
 
 
 def test_a_crafted_checkpoint_is_could_not_check(tmp_path: Path) -> None:
@@ -231,3 +231,64 @@ def test_a_crafted_checkpoint_is_could_not_check(tmp_path: Path) -> None:
         crafted.write_text(text)
         result = _invoke("verify", "--checkpoint", str(crafted), "--public-key", f"{public}.pub")
         assert result.exit_code == 3 and "is not an auditdb checkpoint" in result.output, result.output
+
+
+@pytest.mark.usefixtures("hostile")
+def test_export_refuses_a_manifest_that_would_destroy_a_file(dsn: str, tmp_path: Path) -> None:
+    """Refused before anything is exported: the export itself, the key, a directory, another file."""
+    key = tmp_path / "op.pem"
+    generate_key(key)
+    out = tmp_path / "a.csv"
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    for manifest, why in (
+        (str(out), "the export's or the key's own file"),
+        (str(key), "the export's or the key's own file"),
+        (str(tmp_path), "is a directory"),
+        (str(tmp_path / "missing" / "m.json"), "no directory"),
+        (str(other), "exists and is not an export manifest"),
+        ("", "an empty path"),
+    ):
+        result = _invoke("--dsn", dsn, "export", "-o", str(out), "--key", str(key), "--manifest", manifest)
+        assert result.exit_code == 2 and why in result.output, (manifest, result.output)
+        assert not out.exists()
+    assert other.read_text() == "mine" and key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    signing_to_nowhere = _invoke("--dsn", dsn, "export", "-o", "-", "--key", str(key))
+    assert signing_to_nowhere.exit_code == 2 and "standard output gets none" in signing_to_nowhere.output
+    both = _invoke("--dsn", dsn, "export", "-o", "-", "--manifest", "-")
+    assert both.exit_code == 2 and "already goes to standard output" in both.output
+
+
+@pytest.mark.usefixtures("hostile")
+def test_a_manifest_on_standard_output(dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "a.csv"
+    result = CliRunner().invoke(cli, ["--dsn", dsn, "export", "-o", str(out), "--manifest", "-"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["rows"] == 8 and manifest["file"] == "a.csv"
+    assert not Path(f"{out}.manifest.json").exists() and not (tmp_path / "-").exists()
+
+
+def test_verify_export_says_which_file_it_cannot_read(tmp_path: Path) -> None:
+    empty = _invoke("verify-export", "")
+    assert empty.exit_code == 2 and "an empty path" in empty.output
+    missing = _invoke("verify-export", str(tmp_path / "nothere.csv"))
+    assert missing.exit_code == 3 and "nothere.csv: no such file" in missing.output, missing.output
+    key = tmp_path / "op.pem"
+    generate_key(key)
+    (tmp_path / "a.csv").write_text("x\n")
+    (tmp_path / "a.csv.manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "auditdb-export-manifest-1",
+                "rows": 0,
+                "bytes": 2,
+                "sha256": "x",
+                "export_format": "csv",
+                "public_key": "x",
+                "signature": "y",
+            }
+        )
+    )
+    private = _invoke("verify-export", str(tmp_path / "a.csv"), "--public-key", str(key))
+    assert private.exit_code == 3 and "is not a PEM public key" in private.output, private.output

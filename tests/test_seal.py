@@ -339,7 +339,7 @@ def test_a_rewritten_chain_is_caught_by_an_older_checkpoint(
     assert json.loads(checkpoint.read_text())["seal_id"] >= 2
     public = f"{key}.pub"
     unpinned = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint)])
-    assert unpinned.exit_code == 3 and "needs --public-key" in unpinned.output
+    assert unpinned.exit_code == 2 and "needs --public-key" in unpinned.output
     ok = runner.invoke(cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", public])
     assert ok.exit_code == 0, ok.output
     assert "extends checkpoint at seal" in ok.output
@@ -400,14 +400,14 @@ def test_an_altered_checkpoint_or_another_key_is_refused(
     wrong_key = runner.invoke(
         cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", f"{other}.pub"]
     )
-    assert wrong_key.exit_code == 3 and "not signed with the key" in wrong_key.output
+    assert wrong_key.exit_code == 1 and "FOUND" in wrong_key.output and "not signed with the key" in wrong_key.output
     data = json.loads(checkpoint.read_text())
     data["seal_sha256"] = "0" * 64
     checkpoint.write_text(json.dumps(data))
     altered = runner.invoke(
         cli, ["--dsn", dsn, "verify", "--checkpoint", str(checkpoint), "--public-key", f"{key}.pub"]
     )
-    assert altered.exit_code == 3 and "signature does not match" in altered.output
+    assert altered.exit_code == 1 and "signature does not match" in altered.output, altered.output
 
 
 def test_the_cli_seals_and_verifies(conn: psycopg.Connection[Any], dsn: str) -> None:
@@ -506,3 +506,31 @@ def test_doctor_names_an_emitter_holding_the_bound_back(
             assert "bound for later entries is 0 min behind: held back by a prepared transaction" in check.detail
         finally:
             emitter.execute("rollback prepared 'auditdb_test_bound'")
+
+
+def test_proof_commands_refuse_bad_input_as_usage_errors(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    sealed: list[int],
+    tmp_path: Path,
+    make_role: Any,
+    pg_server: Any,
+    dbname: str,
+) -> None:
+    runner = CliRunner()
+    for since in ("abc", "", "999999d"):
+        result = runner.invoke(cli, ["--dsn", dsn, "verify", "--since", since])
+        assert result.exit_code == 2 and "--since" in result.output, (since, result.output)
+    lonely_key = runner.invoke(cli, ["--dsn", dsn, "verify", "--public-key", __file__])
+    assert lonely_key.exit_code == 2 and "give --checkpoint FILE too" in lonely_key.output
+    key, out = tmp_path / "k", tmp_path / "c.json"
+    out.write_text("an earlier checkpoint")
+    kept = runner.invoke(cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "--generate-key", "-o", str(out)])
+    assert kept.exit_code == 2 and "never replaces a file" in kept.output and out.read_text() == "an earlier checkpoint"
+    own = runner.invoke(cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "-o", str(key)])
+    assert own.exit_code == 2 and ("never replaces a file" in own.output or "key's own file" in own.output)
+    assert runner.invoke(cli, ["--dsn", dsn, "seal"]).output.startswith("every entry is sealed (seal 2")
+    viewer = make_role()
+    assert runner.invoke(cli, ["--dsn", dsn, "grant", viewer, "--viewer", "--tenant", "t1"]).exit_code == 0
+    as_viewer = runner.invoke(cli, ["--dsn", pg_server.dsn(dbname, user=viewer), "seal"])
+    assert as_viewer.exit_code == 1 and "may not seal: sealing needs an admin" in as_viewer.output, as_viewer.output
