@@ -247,6 +247,8 @@ def archived_entries(month: ArchivedMonth) -> Iterator[tuple[int, bytes, bytes]]
                 count += 1
                 try:
                     entry = json.loads(line, parse_int=_Number, parse_float=_Number)
+                    if not isinstance(entry, dict):
+                        raise AuditDBError(f"{month.path}: line {count} is not an entry (a JSON object)")
                     values = [_printed(c, entry.get(c)) for c in ENTRY_COLUMNS]
                 except RecursionError:  # nested deeper than Python's parser goes
                     values = _flat_values(line.decode("utf-8"))

@@ -11,7 +11,16 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["ENTRY_COLUMNS", "ENTRY_PREFIX", "SEAL_PREFIX", "canonical", "entry_digest", "field_digest", "time_key"]
+__all__ = [
+    "ENTRY_COLUMNS",
+    "ENTRY_PREFIX",
+    "SEAL_PREFIX",
+    "canonical",
+    "encode",
+    "entry_digest",
+    "field_digest",
+    "time_key",
+]
 
 # The columns an entry's digest is made of, in order (canonical form 1). They are read as their
 # types print them (auditdb/seal.py reads them so), never through a cast: a superuser can define one.
@@ -41,16 +50,22 @@ SEAL_PREFIX = b"auditdb-seal-v1\n"
 _HEADS = [b"S%d:" % n for n in range(1 << 12)]
 
 
-def canonical(values: Iterator[str | None] | tuple[str | None, ...], prefix: bytes) -> bytes:
-    """The canonical form: each field N (null) or S<byte length>:<text>, after the prefix."""
+def encode(values: Iterable[bytes | None], prefix: bytes) -> bytes:
+    """The canonical form of fields already in UTF-8: each N (null) or S<byte length>:<bytes>, after the prefix."""
     out = [prefix]
-    for value in values:
-        if value is None:
+    for v in values:
+        if v is None:
             out.append(b"N")
         else:
-            raw = value.encode("utf-8")
-            out.append(b"S%d:%s" % (len(raw), raw))
+            n = len(v)
+            out.append(_HEADS[n] if n < 4096 else b"S%d:" % n)
+            out.append(v)
     return b"".join(out)
+
+
+def canonical(values: Iterator[str | None] | tuple[str | None, ...], prefix: bytes) -> bytes:
+    """The canonical form of texts (encoded to UTF-8 here)."""
+    return encode((None if v is None else v.encode("utf-8") for v in values), prefix)
 
 
 def entry_digest(texts: tuple[str | None, ...]) -> bytes:
@@ -60,15 +75,7 @@ def entry_digest(texts: tuple[str | None, ...]) -> bytes:
 
 def field_digest(values: Iterable[bytes | None]) -> bytes:
     """An entry's digest from its ENTRY_COLUMNS values as printed, in UTF-8 (None: null)."""
-    out = [ENTRY_PREFIX]
-    for v in values:
-        if v is None:
-            out.append(b"N")
-        else:
-            n = len(v)
-            out.append(_HEADS[n] if n < 4096 else b"S%d:" % n)
-            out.append(v)
-    return hashlib.sha256(b"".join(out)).digest()
+    return hashlib.sha256(encode(values, ENTRY_PREFIX)).digest()
 
 
 def time_key(printed: str | bytes) -> tuple[Any, ...]:

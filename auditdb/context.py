@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -51,10 +51,15 @@ _SET_CONTEXT = psycopg.sql.SQL("select from auditdb.set_context({})").format(
 _CURRENT_CONTEXT = psycopg.sql.SQL("select auditdb.current_context()::pg_catalog.text")
 
 
-def _normalise(fields: dict[str, Any]) -> dict[str, str | None]:
+def check_known(fields: Mapping[str, Any]) -> None:
+    """Unknown keys are a programming error (TypeError), wherever context fields are given."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise TypeError(f"unknown context field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+
+
+def _normalise(fields: dict[str, Any]) -> dict[str, str | None]:
+    check_known(fields)
     values: dict[str, str | None] = {}
     for name in FIELDS:
         value = fields.get(name)

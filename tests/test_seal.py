@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from auditdb.checkpoint import generate_key
 from auditdb.cli import cli
 from auditdb.doctor import _seal_check
 from auditdb.seal import ENTRY_COLUMNS, _printed, _reading, entry_digest, seal, verify
@@ -157,6 +158,27 @@ def test_a_session_that_took_no_log_id_does_not_hold_sealing_back(conn: psycopg.
             assert _findings(conn) == []
         finally:
             prepared.execute("rollback prepared 'auditdb_test_elsewhere'")
+
+
+def test_doctor_names_a_session_idle_in_transaction_that_holds_sealing_back(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as idle:
+        idle.execute("set application_name = 'forgotten-session'")
+        idle.execute("begin")
+        idle.execute("set local role auditdb_owner")
+        idle.execute("insert into auditdb.log (action, entity_type) values ('LOGIN', 'Idle')")  # then nothing
+        try:
+            _write(conn, 3)
+            assert seal(conn) == 0  # notes the range
+            assert seal(conn) == 0  # the idle transaction holds an id in it
+            check = _seal_check(conn)  # no seal yet: doctor names what holds sealing back
+            pid = idle.info.backend_pid
+            assert check.level == "warn" and f"held back by pid {pid} (idle in transaction since" in check.detail
+            assert "forgotten-session" in check.detail, check
+        finally:
+            idle.execute("rollback")
+    assert seal(conn) == 3
 
 
 def test_a_prepared_transaction_that_took_an_id_holds_sealing_until_it_ends(
@@ -527,8 +549,20 @@ def test_proof_commands_refuse_bad_input_as_usage_errors(
     out.write_text("an earlier checkpoint")
     kept = runner.invoke(cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "--generate-key", "-o", str(out)])
     assert kept.exit_code == 2 and "never replaces a file" in kept.output and out.read_text() == "an earlier checkpoint"
+    assert not key.exists()  # the refused command generated nothing
+    generate_key(key)
     own = runner.invoke(cli, ["--dsn", dsn, "checkpoint", "--key", str(key), "-o", str(key)])
-    assert own.exit_code == 2 and ("never replaces a file" in own.output or "key's own file" in own.output)
+    assert own.exit_code == 2 and "never replaces a file" in own.output
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    fresh = tmp_path / "fresh"
+    into_key = runner.invoke(
+        cli, ["--dsn", dsn, "checkpoint", "--key", str(fresh), "--generate-key", "-o", f"{fresh}.pub"]
+    )
+    assert into_key.exit_code == 2 and "that is the key's own file" in into_key.output and not fresh.exists()
+    printed = runner.invoke(cli, ["--dsn", dsn, "checkpoint", "--key", str(key)])
+    assert printed.exit_code == 0, printed.output
+    document = json.loads(printed.stdout)
+    assert document["seal_id"] == 2 and document["signature"]
     assert runner.invoke(cli, ["--dsn", dsn, "seal"]).output.startswith("every entry is sealed (seal 2")
     viewer = make_role()
     assert runner.invoke(cli, ["--dsn", dsn, "grant", viewer, "--viewer", "--tenant", "t1"]).exit_code == 0

@@ -343,3 +343,15 @@ def test_seals_left_unchecked_must_lack_only_what_the_prunes_dropped(
     _as_superuser_unguarded(conn, partition, "delete from {t} where id = %s", (target,))
     found = [f"{f.kind}: {f.message}" for f in verify(conn).findings]
     assert any("lack 41 entries; the prunes without archives dropped 40" in f for f in found), found
+
+
+def test_an_archive_line_that_is_no_entry_is_could_not_check(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    old, _ = _pruned_setup(conn, tmp_path)
+    path = tmp_path / f"{old}.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        lines = f.readlines()
+    lines[3] = "[1, 2]\n"
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines)
+    result = CliRunner().invoke(cli, ["--dsn", conn.info.dsn, "verify", "--archive-dir", str(tmp_path)])
+    assert result.exit_code == 3 and "line 4 is not an entry (a JSON object)" in result.output, result.output

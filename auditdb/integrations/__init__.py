@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from auditdb.context import CONTEXT_BOUNDS, FIELDS
+from auditdb.context import CONTEXT_BOUNDS, FIELDS, check_known
 
 __all__ = [
     "ContextSource",
@@ -59,9 +59,7 @@ def clean_fields(fields: Mapping[str, Any]) -> dict[str, str | None]:
     an IP address that is not one: a request must not fail because its user's record is odd.
     Unknown keys are a programming error (TypeError), as for auditdb.context.
     """
-    unknown = sorted(set(fields) - set(FIELDS))
-    if unknown:
-        raise TypeError(f"unknown context field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    check_known(fields)
     out: dict[str, str | None] = {}
     for name in FIELDS:
         value = fields.get(name)
